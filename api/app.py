@@ -1,0 +1,95 @@
+"""The HTTP API: routes validate, ask the store, return. Bad input is a 4xx with a message."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+
+from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
+from sinks.schema import row_counts
+
+NAME = Annotated[str, Query(min_length=1, max_length=128)]
+
+
+def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000") -> FastAPI:
+    api = FastAPI(
+        title="RecallWatch",
+        version="0.1.0",
+        description="Early warning and recall management: rates, alerts and (later) cases and campaigns.",
+    )
+
+    @api.exception_handler(ClickHouseUnavailable)
+    async def _store_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
+        # An outage of the store is not the caller's fault; say so plainly and ask to retry.
+        return JSONResponse(status_code=503, content={"detail": f"ClickHouse unavailable: {exc}"})
+
+    @api.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "clickhouse": store.backend, "time": time.time()}
+
+    @api.get("/v1/stats")
+    def stats() -> dict[str, Any]:
+        return {"clickhouse_rows": row_counts(store)}
+
+    @api.get("/v1/rates")
+    def rates(
+        model: NAME,
+        batch: NAME,
+        failure_mode: Annotated[str, Query(max_length=128)] = "*",
+        window_s: Annotated[int | None, Query(gt=0)] = None,
+        limit: Annotated[int, Query(gt=0, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        """Rolling rates of one (model, batch), optionally one failure mode (``*`` = all modes)."""
+        sql = (
+            "SELECT bucket_start, bucket_s, window_s, count, window_count, units_in_field,"
+            " exposure_unit_days, expected, rate_per_1000, window_rate_per_1000"
+            " FROM rates FINAL WHERE model = {model} AND batch = {batch} AND failure_mode = {fm}"
+        )
+        params: dict[str, Any] = {"model": model, "batch": batch, "fm": failure_mode, "limit": limit}
+        if window_s is not None:
+            sql += " AND window_s = {window_s}"
+            params["window_s"] = window_s
+        sql += " ORDER BY window_s, bucket_start LIMIT {limit}"
+        points = store.query(sql, params)
+        return {"model": model, "batch": batch, "failure_mode": failure_mode, "points": points}
+
+    @api.get("/v1/alerts")
+    def alerts(
+        model: Annotated[str | None, Query(max_length=128)] = None,
+        batch: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        sql = "SELECT * FROM alerts FINAL WHERE 1"
+        params: dict[str, Any] = {"limit": limit}
+        if model:
+            sql += " AND model = {model}"
+            params["model"] = model
+        if batch:
+            sql += " AND batch = {batch}"
+            params["batch"] = batch
+        sql += " ORDER BY opened_at DESC, alert_id LIMIT {limit}"
+        rows = store.query(sql, params)
+        return {"alerts": [_with_link(r, public_url) for r in rows]}
+
+    @api.get("/v1/alerts/{alert_id}")
+    def alert(alert_id: str) -> dict[str, Any]:
+        if not alert_id.isalnum() or len(alert_id) > 64:
+            raise HTTPException(status_code=422, detail="alert_id must be alphanumeric")
+        rows = store.query("SELECT * FROM alerts FINAL WHERE alert_id = {id}", {"id": alert_id})
+        if not rows:
+            raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
+        deliveries = store.query(
+            "SELECT channel, status, detail, delivered_at FROM alert_deliveries FINAL WHERE alert_id = {id}",
+            {"id": alert_id},
+        )
+        return {**_with_link(rows[0], public_url), "deliveries": deliveries}
+
+    return api
+
+
+def _with_link(row: dict[str, Any], public_url: str) -> dict[str, Any]:
+    return {**row, "url": f"{public_url}/v1/alerts/{row['alert_id']}"}

@@ -1,0 +1,132 @@
+"""The one settings object: defaults from ``config/defaults.toml``, then a user file, then env.
+
+Built once in the entry point and passed down; nothing reads settings at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from core.config import DetectionConfig
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+
+
+class KafkaSettings(BaseModel):
+    url: str = ""
+    events_topic: str = "rw.events"
+    dead_letter_topic: str = "rw.events.dlq"
+    alerts_topic: str = "rw.alerts"
+    partitions: int = Field(4, ge=1)
+    app_id: str = "recallwatch"
+    rebalance_timeout_s: int = 5
+    session_timeout_s: int = 6
+    heartbeat_interval_s: int = 1
+
+
+class ClickHouseSettings(BaseModel):
+    url: str = ""
+    data_dir: Path = Path(".recallwatch/clickhouse")
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+
+
+class WorkerSettings(BaseModel):
+    data_dir: Path = Path(".recallwatch/worker")
+    batch_max: int = Field(2000, ge=1)
+    batch_within_s: float = Field(0.05, gt=0)
+    web_port: int = 6066
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = "http://127.0.0.1:8000"
+
+
+class SlackSettings(BaseModel):
+    token: SecretStr | None = None
+    channel: str = "#quality-alerts"
+    base_url: str = ""
+
+
+class DetectorSpec(BaseModel):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectionSettings(BaseModel):
+    bucket_s: int = Field(86_400, gt=0)
+    windows_s: list[int] = Field(default_factory=lambda: [604_800, 2_592_000])
+    cooldown_buckets: int = 14
+    max_catchup_buckets: int = 400
+    detectors: list[DetectorSpec] = Field(default_factory=list)
+
+    def to_core(self) -> DetectionConfig:
+        """The core's plain config, versioned by a hash of everything that changes detection."""
+        detectors = tuple((d.name, dict(d.params)) for d in self.detectors) or None
+        body = self.model_dump(mode="json")
+        version = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+        kwargs: dict[str, Any] = {}
+        if detectors:
+            kwargs["detectors"] = detectors
+        return DetectionConfig(
+            bucket_s=self.bucket_s,
+            windows_s=tuple(self.windows_s),
+            cooldown_buckets=self.cooldown_buckets,
+            max_catchup_buckets=self.max_catchup_buckets,
+            version=version,
+            **kwargs,
+        )
+
+
+class SimulatorSettings(BaseModel):
+    seed: int = 7
+    speed: float = Field(1.0, gt=0)
+    defect_onset_day: float = 25.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RW_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+    slack: SlackSettings = SlackSettings()
+    detection: DetectionSettings = DetectionSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [DEFAULTS_FILE]
+        user_file = os.environ.get("RW_CONFIG_FILE")
+        if user_file:
+            files.append(Path(user_file))
+        # Later files win in TomlConfigSettingsSource's deep merge order.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; keyword overrides win over env and files (used by the CLI and tests)."""
+    return Settings(**overrides)

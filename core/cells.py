@@ -1,0 +1,267 @@
+"""Rolling incident rates and detection for one (model, batch) cell, idempotent under replay.
+
+A cell holds every piece of state for one (model, batch): units in the field, the open event-time
+bucket, closed-bucket history per failure mode, the detectors and any open alert episode. All of
+it lives in one partition, so the cell can remember the last source offset it applied and skip
+events a crashed worker already folded in before its offsets were committed. That, not broker
+transactions, is what makes counts exact under ``kill -9``.
+
+Event time drives everything here: a bucket closes when an event of a later bucket arrives, so a
+replay of the same events produces the same rates and the same alerts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.alerts import ALL_MODES, Alert, alert_id_for
+from core.config import DetectionConfig
+from models import build_detector
+from models.base import Detector
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatePoint:
+    """One closed bucket of one sub-cell over one rolling window: a row of the ``rates`` table."""
+
+    model: str
+    batch: str
+    failure_mode: str
+    bucket_start: int
+    bucket_s: int
+    window_s: int
+    count: int
+    window_count: int
+    units_in_field: int
+    exposure_unit_days: float
+    expected: float
+    rate_per_1000: float
+    window_rate_per_1000: float
+
+
+@dataclass
+class Episode:
+    """An open alert: it stays open while detectors keep alarming, then cools down."""
+
+    alert_id: str
+    started_at: float
+    quiet_buckets: int = 0
+
+
+@dataclass
+class SubCell:
+    failure_mode: str
+    detectors: list[Detector]
+    history: deque[int]
+    open_count: int = 0
+    episode: Episode | None = None
+
+
+@dataclass
+class BucketOutcome:
+    rates: list[RatePoint] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+    def extend(self, other: BucketOutcome) -> None:
+        self.rates.extend(other.rates)
+        self.alerts.extend(other.alerts)
+
+
+@dataclass
+class CellState:
+    """All detection state of one (model, batch)."""
+
+    model: str
+    batch: str
+    applied_offsets: dict[int, int] = field(default_factory=dict)
+    units_in_field: int = 0
+    open_bucket: int | None = None
+    open_exposure: float = 0.0
+    exposure_since: float = 0.0
+    exposure_history: deque[float] = field(default_factory=deque)
+    subcells: dict[str, SubCell] = field(default_factory=dict)
+    trigger_event_id: str = ""
+    trigger_produced_at: float = 0.0
+
+    # -- idempotence ---------------------------------------------------------------------------
+    def already_applied(self, partition: int, offset: int) -> bool:
+        """True for an event this state has folded in before (a replay after a crash)."""
+        return offset <= self.applied_offsets.get(partition, -1)
+
+    def mark_applied(self, partition: int, offset: int) -> None:
+        self.applied_offsets[partition] = max(offset, self.applied_offsets.get(partition, -1))
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def apply_incident(
+        self, cfg: DetectionConfig, failure_mode: str, occurred_at: float, event_id: str, produced_at: float
+    ) -> BucketOutcome:
+        """Count one complaint, repair or return; returns whatever buckets it closed."""
+        outcome = self._advance(cfg, occurred_at)
+        self.trigger_event_id, self.trigger_produced_at = event_id, produced_at
+        self._subcell(cfg, ALL_MODES).open_count += 1
+        self._subcell(cfg, failure_mode).open_count += 1
+        return outcome
+
+    def apply_shipment(self, cfg: DetectionConfig, units: int, occurred_at: float) -> BucketOutcome:
+        """Units entering the field: exposure grows from the shipment's time on."""
+        outcome = self._advance(cfg, occurred_at)
+        self._accrue_exposure(cfg, occurred_at)
+        self.units_in_field = max(0, self.units_in_field + units)
+        return outcome
+
+    # -- buckets ---------------------------------------------------------------------------------
+    def _accrue_exposure(self, cfg: DetectionConfig, t: float) -> None:
+        if self.open_bucket is None:
+            return
+        start = self.open_bucket * cfg.bucket_s
+        t = min(max(t, start, self.exposure_since), start + cfg.bucket_s)
+        self.open_exposure += self.units_in_field * (t - self.exposure_since) / DAY_S
+        self.exposure_since = t
+
+    def _advance(self, cfg: DetectionConfig, t: float) -> BucketOutcome:
+        """Close every bucket before the one ``t`` falls in. Late events count in the open bucket."""
+        bucket = int(t // cfg.bucket_s)
+        outcome = BucketOutcome()
+        if self.open_bucket is None:
+            self.open_bucket, self.exposure_since = bucket, bucket * cfg.bucket_s
+            return outcome
+        if bucket - self.open_bucket > cfg.max_catchup_buckets:
+            # A long silence (or a clock far ahead) is folded into one catch-up bucket rather than
+            # thousands of empty ones, which bounds the work a single event can cause.
+            self.open_bucket = bucket - cfg.max_catchup_buckets
+            self.exposure_since = self.open_bucket * cfg.bucket_s
+        while self.open_bucket < bucket:
+            outcome.extend(self._close_bucket(cfg))
+        return outcome
+
+    def _close_bucket(self, cfg: DetectionConfig) -> BucketOutcome:
+        assert self.open_bucket is not None
+        start = self.open_bucket * cfg.bucket_s
+        self._accrue_exposure(cfg, start + cfg.bucket_s)
+        exposure = self.open_exposure
+        self.exposure_history.append(exposure)
+        while len(self.exposure_history) > cfg.history_buckets:
+            self.exposure_history.popleft()
+        closed_at = float(start + cfg.bucket_s)
+        outcome = BucketOutcome()
+        fm_alarmed = False
+        # Failure modes first: an aggregate alarm explained by one mode should not alert twice.
+        for name in sorted(self.subcells, key=lambda n: n == ALL_MODES):
+            sub = self.subcells[name]
+            x = {"count": float(sub.open_count), "exposure": exposure}
+            scores = {d.name: d.score_one(x) for d in sub.detectors}
+            expected = sub.detectors[0].expected(x) if sub.detectors else 0.0
+            for d in sub.detectors:
+                d.learn_one(x)
+            sub.history.append(sub.open_count)
+            while len(sub.history) > cfg.history_buckets:
+                sub.history.popleft()
+            outcome.rates.extend(self._rate_points(cfg, sub, int(start), exposure, expected))
+            fired = tuple(n for n, s in scores.items() if s >= 1.0)
+            if name == ALL_MODES and fm_alarmed:
+                fired = ()
+            alert = self._update_episode(cfg, sub, fired, scores, closed_at, expected, exposure)
+            if alert is not None:
+                outcome.alerts.append(alert)
+            if fired or sub.episode is not None:
+                fm_alarmed = fm_alarmed or name != ALL_MODES
+            sub.open_count = 0
+        self.open_bucket += 1
+        self.open_exposure = 0.0
+        self.exposure_since = float(self.open_bucket * cfg.bucket_s)
+        return outcome
+
+    def _rate_points(
+        self, cfg: DetectionConfig, sub: SubCell, start: int, exposure: float, expected: float
+    ) -> list[RatePoint]:
+        units = self.units_in_field
+        per_1000 = 1000.0 / units if units else 0.0
+        points = []
+        for window_s in cfg.windows_s:
+            n_buckets = max(1, window_s // cfg.bucket_s)
+            window_count = sum(list(sub.history)[-n_buckets:])
+            points.append(
+                RatePoint(
+                    self.model, self.batch, sub.failure_mode, start, cfg.bucket_s, window_s,
+                    sub.open_count, window_count, units, exposure, expected,
+                    sub.open_count * per_1000, window_count * per_1000,
+                )
+            )
+        return points
+
+    def _update_episode(
+        self,
+        cfg: DetectionConfig,
+        sub: SubCell,
+        fired: tuple[str, ...],
+        scores: dict[str, float],
+        closed_at: float,
+        expected: float,
+        exposure: float,
+    ) -> Alert | None:
+        if sub.episode is not None:
+            sub.episode.quiet_buckets = 0 if fired else sub.episode.quiet_buckets + 1
+            if sub.episode.quiet_buckets >= cfg.cooldown_buckets:
+                sub.episode = None
+            return None
+        if not fired:
+            return None
+        sub.episode = Episode(alert_id_for(self.model, self.batch, sub.failure_mode, closed_at), closed_at)
+        lead = max(fired, key=lambda n: scores[n])
+        detector = next(d for d in sub.detectors if d.name == lead)
+        window_s = cfg.windows_s[0]
+        n_buckets = max(1, window_s // cfg.bucket_s)
+        per_1000 = 1000.0 / self.units_in_field if self.units_in_field else 0.0
+        recent = list(sub.history)[-n_buckets:]
+        recent_exposure = list(self.exposure_history)[-n_buckets:]
+        return Alert(
+            alert_id=sub.episode.alert_id,
+            model=self.model,
+            batch=self.batch,
+            failure_mode=sub.failure_mode,
+            opened_at=closed_at,
+            detector=lead,
+            detector_params=detector.params(),
+            config_version=cfg.version,
+            score=scores[lead],
+            count=sub.history[-1],
+            expected=expected,
+            units_in_field=self.units_in_field,
+            rate_per_1000=sum(recent) * per_1000,
+            expected_rate_per_1000=detector.expected({"count": 0.0, "exposure": sum(recent_exposure)})
+            * per_1000,
+            window_s=window_s,
+            trigger_event_id=self.trigger_event_id,
+            trigger_produced_at=self.trigger_produced_at,
+            detectors_fired=fired,
+        )
+
+    # -- sub-cells -------------------------------------------------------------------------------
+    def _subcell(self, cfg: DetectionConfig, failure_mode: str) -> SubCell:
+        sub = self.subcells.get(failure_mode)
+        if sub is None:
+            sub = SubCell(failure_mode, [build_detector(n, p) for n, p in cfg.detectors], deque())
+            # A mode seen for the first time has been watched all along with zero incidents:
+            # teach its detectors the cell's past exposure so a novel failure can alarm at once.
+            for exposure in self.exposure_history:
+                for d in sub.detectors:
+                    d.learn_one({"count": 0.0, "exposure": exposure})
+                sub.history.append(0)
+            self.subcells[failure_mode] = sub
+        return sub
+
+
+def summary(state: CellState) -> dict[str, Any]:
+    """A small JSON-able view of a cell, for logs and the API."""
+    return {
+        "model": state.model,
+        "batch": state.batch,
+        "units_in_field": state.units_in_field,
+        "open_bucket": state.open_bucket,
+        "failure_modes": sorted(state.subcells),
+        "open_alerts": sorted(s.episode.alert_id for s in state.subcells.values() if s.episode),
+    }

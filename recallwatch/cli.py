@@ -1,0 +1,229 @@
+"""``recallwatch``: run, demo, worker, api, simulate. The entry point builds the settings once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from config.settings import Settings, load_settings
+
+log = logging.getLogger("recallwatch")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings()
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recallwatch.stack import infrastructure, run_worker, serve_api_in_thread, start_simulation
+
+    settings = _settings(args)
+    with infrastructure(settings) as stack:
+        server, thread = serve_api_in_thread(settings, stack.store)
+        print(f"RecallWatch API on {settings.api.public_url}  (docs: {settings.api.public_url}/docs)", file=sys.stderr)
+        if args.simulate:
+            start_simulation(stack, defect=not args.no_defect, days=args.days)
+        try:
+            run_worker(stack)
+        finally:
+            stack.stop_simulation.set()
+            server.should_exit = True
+            thread.join(timeout=10)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from recallwatch.stack import infrastructure, run_worker, serve_api_in_thread, start_simulation
+    from sinks.schema import row_counts
+
+    settings = _settings(args)
+    with infrastructure(settings) as stack:
+        server, thread = serve_api_in_thread(settings, stack.store)
+        days = int(args.seconds * settings.simulator.speed) + 2
+        start_simulation(stack, defect=not args.no_defect, days=days)
+        started = time.monotonic()
+
+        async def controller(app: Any) -> None:
+            import os
+            import signal
+
+            while time.monotonic() - started < args.seconds:
+                await asyncio.sleep(min(5.0, max(0.1, args.seconds - (time.monotonic() - started))))
+                sim = stack.simulation
+                print(
+                    f"[{time.monotonic() - started:5.1f}s] day {sim.day if sim else -1}: "
+                    f"produced {sim.produced if sim else 0}, processed {stack.stats.processed}, "
+                    f"alerts {len(stack.stats.alerts)}",
+                    file=sys.stderr,
+                )
+            # Let the worker drain what was produced before stopping.
+            sim = stack.simulation
+            stack.stop_simulation.set()
+            deadline = time.monotonic() + 15
+            while sim and stack.stats.processed + stack.stats.rejected < sim.produced and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        try:
+            run_worker(stack, on_started=controller)
+        finally:
+            stack.stop_simulation.set()
+            server.should_exit = True
+            thread.join(timeout=10)
+        summary = demo_summary(stack, row_counts(stack.store), with_defect=not args.no_defect)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def demo_summary(stack: Any, rows: dict[str, int], with_defect: bool) -> dict[str, Any]:
+    from streams.simulator import SimulationConfig
+
+    sim = stack.simulation
+    defect = SimulationConfig.default_defect(stack.settings.simulator.defect_onset_day) if with_defect else None
+    alerts = []
+    for alert, delivery in zip(stack.stats.alerts, stack.stats.deliveries, strict=True):
+        matches = bool(
+            defect
+            and alert["model"] == defect.model
+            and alert["batch"] in defect.batches
+            and alert["failure_mode"] in (defect.failure_mode, "*")
+        )
+        onset = sim.defect_onset_wall if sim else None
+        alerts.append(
+            {
+                "alert_id": alert["alert_id"],
+                "model": alert["model"],
+                "batch": alert["batch"],
+                "failure_mode": alert["failure_mode"],
+                "detector": alert["detector"],
+                "opened_at": datetime.fromtimestamp(alert["opened_at"], UTC).isoformat(),
+                "delay_s": round(delivery["delivered_at"] - onset, 3) if onset else None,
+                "matches_injected": matches,
+                "delivered_via": delivery["channel"] if delivery["status"] != "console" else "console",
+            }
+        )
+    return {
+        "events_produced": sim.produced if sim else 0,
+        "events_processed": stack.stats.processed,
+        "events_rejected": stack.stats.rejected,
+        "defect": None if defect is None else {**defect.__dict__, "onset_wall": sim.defect_onset_wall if sim else None},
+        "alerts": alerts,
+        "clickhouse_rows": rows,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"events produced:  {summary['events_produced']}")
+    print(f"events processed: {summary['events_processed']} (rejected {summary['events_rejected']})")
+    print(f"alerts opened:    {len(summary['alerts'])}")
+    for a in summary["alerts"]:
+        verdict = "matches the injected defect" if a["matches_injected"] else "NOT injected"
+        print(
+            f"  - {a['model']} / {a['batch']} / {a['failure_mode']} by {a['detector']} at {a['opened_at']}, "
+            f"{a['delay_s']} s after onset: {verdict}"
+        )
+    print("ClickHouse rows:  " + ", ".join(f"{t}={n}" for t, n in summary["clickhouse_rows"].items()))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from recallwatch.stack import infrastructure, run_worker
+
+    settings = _settings(args)
+    if not settings.kafka.url:
+        print("recallwatch worker needs RW_KAFKA__URL (use `recallwatch run` for the embedded stack)", file=sys.stderr)
+        return 2
+    with infrastructure(settings) as stack:
+        run_worker(stack)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_api
+    from sinks.clickhouse import open_store
+
+    settings = _settings(args)
+    store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
+    try:
+        store.migrate()
+        uvicorn.run(create_api(store, settings.api.public_url), host=settings.api.host, port=settings.api.port)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import threading
+
+    from streams.broker import bootstrap_of
+    from streams.producer import SimulationRun, ensure_topics, make_producer, produce_simulation
+    from streams.simulator import SimulationConfig, Simulator
+
+    settings = _settings(args)
+    if not settings.kafka.url:
+        print("recallwatch simulate needs RW_KAFKA__URL", file=sys.stderr)
+        return 2
+    bootstrap = bootstrap_of(settings.kafka.url)
+    ensure_topics(bootstrap, [settings.kafka.events_topic], settings.kafka.partitions)
+    s = settings.simulator
+    config = SimulationConfig(
+        seed=s.seed, days=args.days, defect=None if args.no_defect else SimulationConfig.default_defect(s.defect_onset_day)
+    )
+    producer = make_producer(bootstrap)
+    run = SimulationRun()
+    with contextlib.suppress(KeyboardInterrupt):
+        produce_simulation(producer, settings.kafka.events_topic, Simulator(config), args.speed or s.speed,
+                           threading.Event(), run)
+    producer.close()
+    print(json.dumps({"events_produced": run.produced, "days": run.day + 1}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recallwatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="embedded stack: broker, ClickHouse, worker and API")
+    run.add_argument("--simulate", action="store_true", help="also run the simulator")
+    run.add_argument("--no-defect", action="store_true", help="simulate without the injected defect")
+    run.add_argument("--days", type=int, default=3650, help="simulated days (with --simulate)")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="embedded stack plus simulator for a while, then a summary")
+    demo.add_argument("--seconds", type=float, default=60.0)
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.add_argument("--no-defect", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("worker", help="Faust worker against configured Kafka and ClickHouse").set_defaults(func=cmd_worker)
+    sub.add_parser("api", help="HTTP API against configured ClickHouse").set_defaults(func=cmd_api)
+    sim = sub.add_parser("simulate", help="produce simulated events to configured Kafka")
+    sim.add_argument("--days", type=int, default=120)
+    sim.add_argument("--speed", type=float, default=None, help="simulated days per second")
+    sim.add_argument("--no-defect", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""One ClickHouse interface over two back ends: embedded chdb and a real server.
+
+``open_store(None, dir)`` gives the embedded store (worker and API share one process and one data dir);
+``open_store("clickhouse://[user[:password]@]host[:port]/db", dir)`` talks to a server via clickhouse-driver.
+
+Value rules, identical on both back ends so callers never care which one they got:
+
+* Query parameters are ``{name}`` placeholders rendered as literals by :func:`render_sql` (the only place
+  values enter SQL). ``None`` -> ``NULL``, bool -> ``1``/``0``, int/float -> number, str -> quoted and
+  escaped, aware ``datetime`` -> epoch seconds, list/tuple -> ``[..]`` array. Test membership with
+  ``has({ids}, col)``: the 18.16 server rejects ``IN [..]`` and ``has([], col)``, so skip empty lists.
+* Results are ``list[dict]``. Integers are ``int``, floats ``float`` (``nan``/``inf`` included), strings
+  ``str``, ``DateTime`` columns **int epoch seconds**, ``Date`` an ISO ``YYYY-MM-DD`` string, arrays and
+  tuples lists.
+* Inserts take int epoch seconds (preferred) or timezone-aware ``datetime`` for ``DateTime`` columns.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
+
+import orjson
+
+__all__ = [
+    "ChdbStore",
+    "ClickHouseError",
+    "ClickHouseStore",
+    "ClickHouseUnavailable",
+    "ServerStore",
+    "open_store",
+    "render_sql",
+    "sql_literal",
+]
+
+
+class ClickHouseError(Exception):
+    """A query or insert failed for a reason retrying will not fix (bad SQL, bad data, ...)."""
+
+
+class ClickHouseUnavailable(Exception):
+    """The server could not be reached (refused, timed out, dropped): safe to retry later.
+
+    Deliberately not a ClickHouseError, so ``except ClickHouseError`` (give up) never swallows it.
+    """
+
+
+class ClickHouseStore(Protocol):
+    backend: str  # "chdb" or "server"
+
+    def migrate(self) -> int: ...
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # `{name:Type}` (ClickHouse's own) is left alone
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def sql_literal(value: Any) -> str:
+    """Render one Python value as a ClickHouse literal that parses the same on 18.16 and 26.9."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # Inside '...' ClickHouse only gives meaning to backslash escapes and the quote itself.
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, datetime):
+        return str(_epoch(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(sql_literal(v) for v in value) + "]"
+    raise TypeError(f"cannot use {type(value).__name__} as a ClickHouse query parameter")
+
+
+def render_sql(sql: str, params: Mapping[str, Any] | None) -> str:
+    """Substitute ``{name}`` placeholders with escaped literals; unknown names raise KeyError.
+
+    One pass only, so a value that itself contains ``{x}`` is never substituted again.
+
+    >>> render_sql("SELECT {a}, {b} WHERE has({c}, x)", {"a": "it's", "b": None, "c": [1, 2]})
+    "SELECT 'it\\\\'s', NULL WHERE has([1, 2], x)"
+    """
+    if params is None:
+        return sql
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in params:
+            raise KeyError(f"query parameter {name!r} is not in params")
+        return sql_literal(params[name])
+
+    return _PLACEHOLDER.sub(sub, sql)
+
+
+def _epoch(value: datetime) -> int:
+    if value.tzinfo is None:
+        # A naive datetime would be read in whichever zone the back end runs in: refuse to guess.
+        raise ValueError("naive datetime: pass int epoch seconds or a timezone-aware datetime")
+    return int(value.timestamp())
+
+
+def _ident(name: str) -> str:
+    """Quote a table/column name after checking it is a plain identifier (``db.table`` allowed)."""
+    parts = name.split(".")
+    if not all(_IDENT.match(p) for p in parts) or len(parts) > 2:
+        raise ValueError(f"not a valid ClickHouse identifier: {name!r}")
+    return ".".join(f"`{p}`" for p in parts)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Column list from the first row; every row must have exactly the same keys."""
+    cols = list(rows[0])
+    keys = set(cols)
+    for i, row in enumerate(rows):
+        if set(row) != keys:
+            raise ValueError(f"row {i} has keys {sorted(row)}, expected {sorted(keys)}")
+    return cols
+
+
+def _insert_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, datetime):
+        return _epoch(value)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    value = _insert_value(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # orjson writes nan/inf as null; ClickHouse parses "nan"/"inf"/"-inf"
+    return value
+
+
+# --- embedded chdb ----------------------------------------------------------------------------------
+
+# Set once per session: unquoted 64-bit ints, DateTime as epoch seconds, nan/inf as strings (else null).
+_CHDB_SETTINGS = {
+    "output_format_json_quote_64bit_integers": "0",
+    "output_format_json_quote_denormals": "1",
+    "date_time_output_format": "'unix_timestamp'",
+}
+_WRAPPER = re.compile(r"^(?:Nullable|LowCardinality)\((.*)\)$")
+
+
+def _from_json(value: Any, ch_type: str) -> Any:
+    """Coerce a JSON value to the Python type the server back end returns for ``ch_type``."""
+    if value is None:
+        return None
+    while m := _WRAPPER.match(ch_type):
+        ch_type = m.group(1)
+    if ch_type.startswith("Array("):
+        return [_from_json(v, ch_type[6:-1]) for v in value]
+    if ch_type.startswith("DateTime64"):
+        return float(value)
+    if ch_type.startswith("DateTime"):
+        return int(value)
+    if ch_type.startswith(("Float", "Decimal")):
+        return float(value)  # JSON prints 1.0 as 1, and nan/inf as strings
+    if ch_type.startswith(("Int", "UInt")):
+        return int(value)
+    return value
+
+
+class ChdbStore:
+    backend = "chdb"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        import chdb.session  # imported here: the wheel is large and server users never need it
+
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        # The worker and the API share this one session in embedded mode; chdb is not re-entrant.
+        self._lock = threading.Lock()
+        try:
+            # One data dir per process (and per machine): a second path in this process fails here.
+            self._session: Any = chdb.session.Session(str(path))
+        except Exception as exc:
+            raise ClickHouseError(f"cannot open chdb data dir {path}: {exc}") from exc
+        for name, value in _CHDB_SETTINGS.items():
+            self._run(f"SET {name} = {value}")
+
+    def _run(self, sql: str, fmt: str = "CSV") -> bytes:
+        with self._lock:
+            if self._session is None:
+                raise ClickHouseError("store is closed")
+            try:
+                result = self._session.query(sql, fmt)
+            except Exception as exc:  # chdb raises ChdbError(RuntimeError) for every failure
+                raise ClickHouseError(str(exc)) from exc
+        data: bytes = result.bytes()
+        return data
+
+    def migrate(self) -> int:
+        from sinks.schema import migrate
+
+        return migrate(self)
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        if not rows:
+            return 0
+        cols = _columns(rows)
+        lines = [orjson.dumps({c: _json_value(row[c]) for c in cols}) for row in rows]
+        head = f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) FORMAT JSONEachRow\n"
+        self._run(head + b"\n".join(lines).decode())
+        return len(rows)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        data = self._run(render_sql(sql, params), "JSONCompactEachRowWithNamesAndTypes")
+        if not data:  # DDL, INSERT, SET: nothing comes back
+            return []
+        lines = data.splitlines()
+        names, types = orjson.loads(lines[0]), orjson.loads(lines[1])
+        out = []
+        for line in lines[2:]:
+            values = orjson.loads(line)
+            out.append({n: _from_json(v, t) for n, t, v in zip(names, types, values, strict=True)})
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+
+# --- clickhouse-server via clickhouse-driver --------------------------------------------------------
+
+
+def _from_driver(value: Any, tz: Any) -> Any:
+    if isinstance(value, datetime):
+        # The driver turned epoch seconds into naive server-local time; undo that exactly. (In a
+        # DST zone the repeated autumn hour is ambiguous, so run servers in UTC.)
+        if value.tzinfo is None:
+            value = tz.localize(value)
+        return int(value.timestamp())
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)  # chdb's JSON gives Decimal as a number
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_from_driver(v, tz) for v in value]
+    return value
+
+
+class ServerStore:
+    backend = "server"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 9000,
+        database: str = "default",
+        user: str = "default",
+        password: str = "",
+        connect_timeout: float = 5,
+        send_receive_timeout: float = 300,
+    ) -> None:
+        from clickhouse_driver import Client
+
+        _ident(database)
+        self.host, self.port, self.user, self.database = host, port, user, database
+        self._lock = threading.Lock()  # a driver Client is one connection: not thread-safe
+        self._db_ready = False
+        opts = dict(
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            connect_timeout=connect_timeout,
+            send_receive_timeout=send_receive_timeout,
+        )
+        # The database may not exist yet and connecting to a missing one fails, so a "default"-database
+        # client creates it on first use. Nothing connects here: open_store never fails on a down server.
+        self._admin = Client(**opts)
+        self._client = Client(database=database, **opts)
+
+    def _execute(self, sql: str, data: Any = None, **kwargs: Any) -> Any:
+        from clickhouse_driver import errors
+
+        with self._lock:
+            try:
+                if not self._db_ready:
+                    self._admin.execute(f"CREATE DATABASE IF NOT EXISTS {_ident(self.database)}")
+                    self._admin.disconnect()
+                    self._db_ready = True
+                return self._client.execute(sql, data, **kwargs)
+            except (errors.NetworkError, errors.SocketTimeoutError, OSError, EOFError) as exc:
+                self._client.disconnect()  # reconnect cleanly on the next call
+                raise ClickHouseUnavailable(str(exc)) from exc
+            except (errors.Error, TypeError, ValueError) as exc:  # bad SQL, or data the types reject
+                raise ClickHouseError(str(exc)) from exc
+
+    def migrate(self) -> int:
+        from sinks.schema import migrate
+
+        return migrate(self)
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        if not rows:
+            return 0
+        cols = _columns(rows)
+        data = [tuple(_insert_value(row[c]) for c in cols) for row in rows]
+        self._execute(f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) VALUES", data)
+        return len(rows)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        import pytz
+
+        # Our own rendering, not the driver's %(name)s: both back ends must see the same literal SQL.
+        rows, columns = self._execute(render_sql(sql, params), with_column_types=True)
+        tz = pytz.timezone(self._client.connection.server_info.get_timezone()) if rows else None
+        names = [name for name, _type in columns]
+        return [{n: _from_driver(v, tz) for n, v in zip(names, row, strict=True)} for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._admin.disconnect()
+            self._client.disconnect()
+
+
+# --- factory ----------------------------------------------------------------------------------------
+
+
+def open_store(url: str | None, data_dir: str | Path) -> ClickHouseStore:
+    """Embedded chdb on ``data_dir`` when ``url`` is empty, else a server given as ``clickhouse://...``."""
+    if not url:
+        return ChdbStore(data_dir)
+    parts = urlsplit(url)
+    if parts.scheme != "clickhouse":
+        raise ValueError(
+            f"unsupported ClickHouse URL scheme {parts.scheme!r} in {url!r}: "
+            "expected clickhouse://[user[:password]@]host[:port]/database, or no URL for embedded chdb"
+        )
+    if not parts.hostname:
+        raise ValueError(f"ClickHouse URL {url!r} has no host")
+    try:
+        port = parts.port or 9000
+    except ValueError as exc:  # urlsplit raises on a non-numeric or out-of-range port
+        raise ValueError(f"ClickHouse URL {url!r} has an invalid port") from exc
+    database = unquote(parts.path.lstrip("/")) or "default"
+    return ServerStore(
+        host=parts.hostname,
+        port=port,
+        database=database,
+        user=unquote(parts.username) if parts.username else "default",
+        password=unquote(parts.password) if parts.password else "",
+    )

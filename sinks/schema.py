@@ -1,0 +1,93 @@
+"""Versioned, idempotent schema migrations shared by the chdb (26.9) and server (18.16) back ends.
+
+The SQL is the common subset of both engines: DateTime in seconds (Float64 epoch seconds where sub-second
+matters), no LowCardinality, no TTL, ``ReplacingMergeTree()`` so a replay after a crash collapses onto the
+ORDER BY key. Readers must use ``FINAL`` (or argMax) to see the deduplicated rows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sinks.clickhouse import ClickHouseStore
+
+TABLES = ("events", "rates", "alerts", "rejects", "alert_deliveries")
+
+_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version UInt32, description String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"
+)
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "events, rates, alerts, rejects, alert_deliveries",
+        [
+            """CREATE TABLE IF NOT EXISTS events (
+                event_id String, kind String, occurred_at DateTime, serial String, model String,
+                batch String, failure_mode String, component String, crash UInt8, fire UInt8, injury UInt8,
+                region String, units UInt32, src_partition UInt32, src_offset UInt64, ingested_at DateTime
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMM(occurred_at)
+            ORDER BY (model, batch, event_id)""",
+            # failure_mode '*' is the all-modes row.
+            """CREATE TABLE IF NOT EXISTS rates (
+                model String, batch String, failure_mode String, bucket_start DateTime, bucket_s UInt32,
+                window_s UInt32, count UInt32, window_count UInt32, units_in_field UInt64,
+                exposure_unit_days Float64, expected Float64, rate_per_1000 Float64,
+                window_rate_per_1000 Float64
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (model, batch, failure_mode, window_s, bucket_start)""",
+            """CREATE TABLE IF NOT EXISTS alerts (
+                alert_id String, opened_at DateTime, model String, batch String, failure_mode String,
+                detector String, detector_params String, config_version String, score Float64,
+                count UInt32, expected Float64, units_in_field UInt64, rate_per_1000 Float64,
+                expected_rate_per_1000 Float64, window_s UInt32, trigger_event_id String,
+                detectors_fired String, created_at DateTime
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY alert_id""",
+            # `partition` and `offset` are keywords elsewhere in the grammar: quoted to be safe.
+            """CREATE TABLE IF NOT EXISTS rejects (
+                reject_id String, topic String, `partition` UInt32, `offset` UInt64, reason String,
+                payload String, rejected_at DateTime
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY reject_id""",
+            """CREATE TABLE IF NOT EXISTS alert_deliveries (
+                alert_id String, channel String, status String, detail String, delivered_at Float64
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (alert_id, channel)""",
+        ],
+    ),
+]
+
+
+def applied_versions(store: ClickHouseStore) -> set[int]:
+    store.query(_VERSIONS_DDL)
+    return {int(r["version"]) for r in store.query("SELECT DISTINCT version FROM schema_migrations")}
+
+
+def migrate(store: ClickHouseStore) -> int:
+    """Apply the migrations not yet recorded, in order; return the latest schema version.
+
+    Each statement is ``IF NOT EXISTS``, so a crash between applying and recording (or two processes
+    migrating at once) only re-runs harmless statements; a duplicate version row is ignored by DISTINCT.
+    """
+    done = applied_versions(store)
+    for version, description, statements in MIGRATIONS:
+        if version in done:
+            continue
+        for sql in statements:
+            store.query(sql)
+        store.insert(
+            "schema_migrations",
+            [{"version": version, "description": description, "applied_at": int(time.time())}],
+        )
+        done.add(version)
+    return max(done)  # may exceed ours if newer code already migrated this database
+
+
+def row_counts(store: ClickHouseStore) -> dict[str, int]:
+    """Deduplicated row count per table (FINAL collapses replays that have not been merged yet)."""
+    return {t: int(store.query(f"SELECT count() AS n FROM {t} FINAL")[0]["n"]) for t in TABLES}

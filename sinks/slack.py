@@ -1,0 +1,284 @@
+"""Alert notification: Slack (chat.postMessage) with a console fallback.
+
+Delivery never drops an alert. Transient failures (connection errors, HTTP 5xx, rate limits) are
+retried forever with capped exponential backoff; permanent Slack errors (bad token, unknown
+channel, rejected blocks) return a "failed" :class:`DeliveryResult` at once so the caller can
+record it and fall back to the console instead of retrying something that can never succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TextIO
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from core.alerts import ALL_MODES, Alert
+
+log = logging.getLogger(__name__)
+
+# Slack error codes that mean "try again later" even though the call was answered.
+_RETRYABLE_SLACK_ERRORS = frozenset(
+    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+_HEADER_MAX_CHARS = 150  # Slack rejects longer header text with invalid_blocks, a permanent error.
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    alert_id: str
+    channel: str
+    status: str  # "delivered" | "failed" | "console"
+    detail: str  # message ts when delivered, the error when failed
+    delivered_at: float
+
+
+class Notifier(Protocol):
+    async def notify(self, alert: Alert) -> DeliveryResult: ...
+
+
+# --- message content ---------------------------------------------------------------------------
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape Slack's control characters so event data cannot inject links or mentions.
+
+    >>> escape_mrkdwn("<!channel> & co")
+    '&lt;!channel&gt; &amp; co'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _failure_mode_label(alert: Alert) -> str:
+    return "all modes" if alert.failure_mode == ALL_MODES else alert.failure_mode
+
+
+def _opened_at_iso(alert: Alert) -> str:
+    return datetime.fromtimestamp(alert.opened_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ratio_label(alert: Alert) -> str:
+    return f"{alert.ratio:.1f}x" if math.isfinite(alert.ratio) else "none expected"
+
+
+def _facts(alert: Alert) -> list[tuple[str, str]]:
+    """(label, raw value) pairs shared by the Slack and console renderings."""
+    return [
+        ("Failure mode", _failure_mode_label(alert)),
+        (
+            "Rate vs expected",
+            f"{alert.count} in bucket vs {alert.expected:.1f} expected ({_ratio_label(alert)})\n"
+            f"{alert.rate_per_1000:.2f} vs {alert.expected_rate_per_1000:.2f} per 1,000 units",
+        ),
+        ("Units at risk", f"{alert.units_in_field:,}"),
+        ("Detector", f"{alert.detector} (score {alert.score:.2f}), config {alert.config_version}"),
+        ("Opened at", _opened_at_iso(alert)),
+    ]
+
+
+def _title(alert: Alert) -> str:
+    return f"Potential recall: {alert.model} batch {alert.batch}"
+
+
+def build_alert_blocks(alert: Alert, alert_url: str) -> tuple[str, list[dict[str, Any]]]:
+    """Fallback text and Block Kit blocks for ``alert``; pure, so it is tested without Slack."""
+    title = _title(alert)
+    if len(title) > _HEADER_MAX_CHARS:
+        title = title[: _HEADER_MAX_CHARS - 1] + "…"
+    fields = [
+        {"type": "mrkdwn", "text": f"*{label}*\n{escape_mrkdwn(value)}"} for label, value in _facts(alert)
+    ]
+    blocks: list[dict[str, Any]] = [
+        # plain_text is never parsed for links or mentions, so the header needs no escaping.
+        {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": False}},
+        {"type": "section", "fields": fields},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "open_alert",
+                    "text": {"type": "plain_text", "text": "Open in RecallWatch"},
+                    "url": alert_url,
+                    "value": alert.alert_id,
+                }
+            ],
+        },
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"alert `{alert.alert_id}`"}]},
+    ]
+    # The fallback text shows in notifications and is parsed as mrkdwn, hence escaped too.
+    text = (
+        f"{escape_mrkdwn(_title(alert))} ({escape_mrkdwn(_failure_mode_label(alert))}): "
+        f"{alert.count} vs {alert.expected:.1f} expected. <{alert_url}|Open in RecallWatch>"
+    )
+    return text, blocks
+
+
+# --- Slack -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """Why a transient failure is retried; ``wait_s`` is the server-requested delay, if any."""
+
+    reason: str
+    wait_s: float | None = None
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return max(0.0, float(headers.get("Retry-After")))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _classify(exc: SlackApiError) -> tuple[str, _Retry | None]:
+    """The error string of a failed API call, and a _Retry when it is worth retrying."""
+    resp = exc.response
+    # On unparseable bodies slack-sdk hands over the raw aiohttp response (``status``, not ``status_code``).
+    status = getattr(resp, "status_code", None) or getattr(resp, "status", 0)
+    data = getattr(resp, "data", None)
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error or f"http_{status}"
+    wait_s = _retry_after(getattr(resp, "headers", None))
+    if status == 429 or error in _RETRYABLE_SLACK_ERRORS:
+        return error, _Retry(error, wait_s)
+    if status >= 500 or status == 408:
+        return error, _Retry(error, wait_s)
+    return error, None
+
+
+class SlackNotifier:
+    def __init__(
+        self,
+        token: str,
+        channel: str,
+        *,
+        base_url: str | None = None,
+        api_base_url: str = "http://127.0.0.1:8000",
+        max_backoff_s: float = 30.0,
+        initial_backoff_s: float = 0.5,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        now: Callable[[], float] = time.time,
+        timeout_s: int = 30,
+    ) -> None:
+        self.channel = channel
+        self.api_base_url = api_base_url.rstrip("/")
+        self.max_backoff_s = max_backoff_s
+        self.initial_backoff_s = initial_backoff_s
+        self._sleep = sleep
+        self._now = now
+        # retry_handlers=[] turns off slack-sdk's own (one-shot connection-error) retry so this
+        # class alone decides what is retried. No session is passed: slack-sdk then opens and
+        # closes one per call, so nothing is tied to (or leaks from) a particular event loop.
+        self.client = AsyncWebClient(
+            token=token,
+            base_url=base_url or AsyncWebClient.BASE_URL,
+            timeout=timeout_s,
+            retry_handlers=[],
+        )
+
+    def alert_url(self, alert: Alert) -> str:
+        return f"{self.api_base_url}/v1/alerts/{alert.alert_id}"
+
+    async def notify(self, alert: Alert) -> DeliveryResult:
+        text, blocks = build_alert_blocks(alert, self.alert_url(alert))
+        backoff = self.initial_backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
+            except SlackApiError as exc:
+                error, retry = _classify(exc)
+                if retry is None:
+                    log.error("slack delivery of alert %s failed permanently: %s", alert.alert_id, error)
+                    return self._result(alert, self.channel, "failed", error)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                retry = _Retry(f"{type(exc).__name__}: {exc}")
+            else:
+                return self._result(
+                    alert, str(resp.get("channel", self.channel)), "delivered", str(resp["ts"])
+                )
+
+            delay = retry.wait_s if retry.wait_s is not None else backoff
+            log.warning(
+                "slack delivery of alert %s failed (attempt %d, %s); retrying in %.1fs",
+                alert.alert_id,
+                attempt,
+                retry.reason,
+                delay,
+            )
+            await self._sleep(delay)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _result(self, alert: Alert, channel: str, status: str, detail: str) -> DeliveryResult:
+        return DeliveryResult(alert.alert_id, channel, status, detail, self._now())
+
+
+# --- console -----------------------------------------------------------------------------------
+
+
+class ConsoleNotifier:
+    """Prints alerts when Slack is not configured (or as the fallback when it failed)."""
+
+    def __init__(self, stream: TextIO | None = None, now: Callable[[], float] = time.time) -> None:
+        self._stream = stream
+        self._now = now
+
+    async def notify(self, alert: Alert) -> DeliveryResult:
+        lines = [f"=== {_title(alert)} ==="]
+        lines += [f"  {label:<17}{value.replace(chr(10), '; ')}" for label, value in _facts(alert)]
+        lines.append(f"  {'Alert id':<17}{alert.alert_id}")
+        # Resolved at call time, not import time, so pytest's capsys / redirected stdout work.
+        print("\n".join(lines), file=self._stream or sys.stdout, flush=True)
+        log.warning(
+            "potential recall alert %s: %s (%s)", alert.alert_id, _title(alert), _failure_mode_label(alert)
+        )
+        return DeliveryResult(alert.alert_id, "console", "console", "printed", self._now())
+
+
+def make_notifier(
+    token: str | None, channel: str, base_url: str | None, api_base_url: str
+) -> SlackNotifier | ConsoleNotifier:
+    """Slack when a token is configured, else the console."""
+    if token:
+        return SlackNotifier(token, channel, base_url=base_url, api_base_url=api_base_url)
+    return ConsoleNotifier()
+
+
+# --- request signing ---------------------------------------------------------------------------
+
+
+def verify_slack_signature(
+    signing_secret: str,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    now: float,
+    tolerance_s: int = 300,
+) -> bool:
+    """Check Slack's ``X-Slack-Signature`` (v0, HMAC-SHA256 over ``v0:{timestamp}:{body}``).
+
+    Stale timestamps are rejected so a captured request cannot be replayed later.
+    """
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs(now - ts) > tolerance_s:
+        return False
+    base = b"v0:" + timestamp.encode() + b":" + body
+    expected = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode())

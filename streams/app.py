@@ -1,0 +1,175 @@
+"""The Faust worker: agents that decode, call the core, and emit.
+
+``ingest`` takes batches from the events topic, folds them into per-cell state (a Faust table whose
+changelog partition is the source partition), writes rows and alerts, then persists state and acks.
+``notify`` posts each alert once to Slack (or the console) and records the delivery.
+Sinks that are down are retried with backoff: an outage delays delivery, it never drops data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import faust
+import orjson
+
+from config.settings import Settings
+from core.alerts import Alert
+from core.cells import CellState
+from sinks.clickhouse import ClickHouseStore
+from streams.processing import RawRecord, alert_row, process_batch
+
+log = logging.getLogger("recallwatch.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerStats:
+    """Counters the demo and the bench read; in-process only."""
+
+    processed: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def retry_until_done(
+    what: str, action: Callable[[], Awaitable[T]], initial_s: float, max_s: float
+) -> T:
+    """Run ``action`` until it succeeds, backing off; a sink outage must never lose data."""
+    delay = initial_s
+    while True:
+        try:
+            return await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any sink failure: keep the batch, wait, try again
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(max_s, delay * 2)
+
+
+class FaustTableCells(MutableMapping[str, CellState]):
+    """The cell table seen as a mapping; writes go to the changelog on the source partition."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> CellState:
+        return self.table.data[key]  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: str, value: CellState) -> None:
+        self.table.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table.data[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.table.data)
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+    def persist(self, key: str, partition: int) -> None:
+        # Explicit partition: the state of a cell must live beside the cell's events so the
+        # worker that owns the events recovers the state, whatever partitioner producers used.
+        self.table.send_changelog(partition, key, self.table.data[key])
+
+
+def create_app(
+    settings: Settings,
+    broker_url: str,
+    store: ClickHouseStore,
+    notifier: Any,
+    stats: WorkerStats | None = None,
+    clock: Callable[[], float] = time.time,
+) -> faust.App:
+    k = settings.kafka
+    stats = stats if stats is not None else WorkerStats()
+    cfg = settings.detection.to_core()
+    app = faust.App(
+        k.app_id,
+        broker=broker_url,
+        store="memory://",
+        datadir=str(settings.worker.data_dir),
+        topic_partitions=k.partitions,
+        broker_rebalance_timeout=k.rebalance_timeout_s,
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=k.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        table_standby_replicas=0,
+        producer_linger_ms=1,
+    )
+    app.recallwatch_stats = stats  # type: ignore[attr-defined]
+    events_topic = app.topic(k.events_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions)
+    dlq_topic = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(k.alerts_topic, key_serializer="raw", value_serializer="raw")
+    cell_table = app.Table("cells", default=None, partitions=k.partitions)
+    # Cell state holds detector objects; pickle is safe here because only this worker writes the
+    # changelog topic (an internal topic, never one producers outside the system can reach).
+    cell_table.key_serializer, cell_table.value_serializer = "raw", "pickle"
+    deliveries = app.Table("alert-deliveries", default=None)
+    deliveries.key_serializer, deliveries.value_serializer = "raw", "json"
+    cells = FaustTableCells(cell_table)
+    retry_s = (settings.clickhouse.retry_initial_s, settings.clickhouse.retry_max_s)
+
+    async def insert(table: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await retry_until_done(
+                f"ClickHouse insert into {table}", lambda: asyncio.to_thread(store.insert, table, rows), *retry_s
+            )
+
+    @app.agent(events_topic)
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
+            records = [
+                RawRecord(e.message.partition, e.message.offset, e.message.timestamp, e.message.value)
+                for e in batch
+            ]
+            result = process_batch(records, cells, cfg, k.events_topic, clock())
+            for record, reason in result.dead_letters:
+                await dlq_topic.send(
+                    value=record.value or b"",
+                    headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
+                )
+            for alert in result.alerts:
+                await alerts_topic.send(key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict()))
+            await insert("events", result.event_rows)
+            await insert("rates", result.rate_rows)
+            await insert("rejects", result.reject_rows)
+            await insert("alerts", [alert_row(a, clock()) for a in result.alerts])
+            for key, partition in result.touched.items():
+                cells.persist(key, partition)
+            for event in batch:
+                await stream.ack(event)
+            stats.processed += len(records) - len(result.dead_letters)
+            stats.replayed += result.replayed
+            stats.rejected += len(result.dead_letters)
+
+    @app.agent(alerts_topic)
+    async def notify(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            alert = Alert.from_dict(orjson.loads(raw))
+            if deliveries.get(alert.alert_id) is not None:
+                continue  # already delivered before a crash replayed it
+            result = await notifier.notify(alert)
+            row = {
+                "alert_id": alert.alert_id,
+                "channel": result.channel,
+                "status": result.status,
+                "detail": result.detail,
+                "delivered_at": result.delivered_at,
+            }
+            await insert("alert_deliveries", [row])
+            deliveries[alert.alert_id] = row
+            stats.alerts.append(alert.to_dict())
+            stats.deliveries.append(row)
+
+    return app

@@ -1,0 +1,54 @@
+"""Fixtures giving a fresh, migrated ClickHouse store on each back end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/ is not a package, so make the shared helper module importable from this sub-directory.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clickhouse_server import running_clickhouse_server
+
+from sinks.clickhouse import ClickHouseStore, open_store
+
+SERVER_MARKS = [pytest.mark.server, pytest.mark.integration]
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One clickhouse-server for the whole session (starting one takes a couple of seconds)."""
+    if shutil.which("clickhouse-server") is None:
+        reason = "clickhouse-server is not installed (apt-get install -y clickhouse-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: CI must run the server tests")
+        pytest.skip(reason)
+    with running_clickhouse_server(tmp_path_factory.mktemp("clickhouse-server")) as url:
+        yield url
+
+
+@pytest.fixture
+def server_url(clickhouse_server_url: str) -> str:
+    """The session server with a database name of its own, so tests never see each other's rows."""
+    base = clickhouse_server_url.rsplit("/", 1)[0]
+    return f"{base}/t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["chdb", pytest.param("server", marks=SERVER_MARKS)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClickHouseStore]:
+    if request.param == "chdb":
+        s = open_store(None, tmp_path / "chdb")
+    else:
+        s = open_store(request.getfixturevalue("server_url"), tmp_path)
+    s.migrate()
+    try:
+        yield s
+    finally:
+        if s.backend == "server":
+            s.query(f"DROP DATABASE IF EXISTS {s.database}")  # type: ignore[attr-defined]
+        s.close()

@@ -1,0 +1,223 @@
+"""A local HTTP server that speaks enough of the Slack Web API for notifier tests.
+
+It is a real ``ThreadingHTTPServer`` on 127.0.0.1, so clients go through their whole HTTP stack.
+Being thread-based it works the same from sync tests and from code running an event loop (from
+async code, call the blocking ``wait_for_calls`` via ``asyncio.to_thread``).
+
+    with SlackFake(token="xoxb-test") as fake:
+        client = AsyncWebClient(token="xoxb-test", base_url=fake.base_url)
+        fake.fail_next(2, status=500)       # then HTTP 500 twice
+        fake.rate_limit_next(1, retry_after=3)
+        fake.error_next(1, "channel_not_found")
+        fake.down(); fake.up()              # refuse connections, then listen on the same port again
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+METHODS = ("chat.postMessage", "chat.update")
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    body: dict[str, Any]
+    received_at: float
+    status: int  # the HTTP status answered
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.response.get("ok"))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class SlackFake:
+    def __init__(self, token: str = "xoxb-test", host: str = "127.0.0.1") -> None:
+        self.token = token
+        self.host = host
+        self.port = 0  # 0 until started: the OS picks a free port, reused by up() after down()
+        self.calls: list[Call] = []
+        self._failures: deque[_Failure] = deque()
+        self._messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ts_base = int(time.time())
+        self._ts_seq = 0
+        self._cond = threading.Condition()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> SlackFake:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api/"
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def up(self) -> None:
+        """Start listening (again, on the same port after :meth:`down`)."""
+        if self._server is not None:
+            return
+        fake = self
+
+        class Handler(_Handler):
+            slack = fake
+
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        # A short poll interval keeps down() (shutdown waits for a poll) from costing 0.5s per test.
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="slack-fake", daemon=True
+        )
+        self._thread.start()
+
+    def down(self) -> None:
+        """Close the listening socket: clients get "connection refused" until :meth:`up`."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    # --- scripting failures --------------------------------------------------------------------
+
+    def fail_next(self, n: int, status: int = 500) -> None:
+        """Answer the next ``n`` calls with an HTTP error status."""
+        self._script(n, _Failure(status, {"ok": False, "error": f"http_{status}"}, {}))
+
+    def rate_limit_next(self, n: int, retry_after: int = 1) -> None:
+        """Answer the next ``n`` calls with HTTP 429 and a Retry-After header, as Slack does."""
+        failure = _Failure(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)})
+        self._script(n, failure)
+
+    def error_next(self, n: int, error: str) -> None:
+        """Answer the next ``n`` calls with HTTP 200 and ``{"ok": false, "error": error}``."""
+        self._script(n, _Failure(200, {"ok": False, "error": error}, {}))
+
+    def _script(self, n: int, failure: _Failure) -> None:
+        with self._cond:
+            self._failures.extend([failure] * n)
+
+    # --- inspection ----------------------------------------------------------------------------
+
+    @property
+    def delivered(self) -> list[Call]:
+        """Calls that were answered ``ok: true``."""
+        with self._cond:
+            return [c for c in self.calls if c.ok]
+
+    def wait_for_calls(self, n: int, timeout: float = 5.0) -> list[Call]:
+        """Block until at least ``n`` calls (of any outcome) were received; return them all."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.calls) >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} Slack calls within {timeout}s, got {len(self.calls)}")
+            return list(self.calls)
+
+    # --- request handling (runs on server threads) ---------------------------------------------
+
+    def _handle(
+        self, method: str, body: dict[str, Any], auth: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._cond:
+            status, response, headers = self._answer(method, body, auth)
+            self.calls.append(Call(method, body, time.time(), status, response))
+            self._cond.notify_all()
+        return status, response, headers
+
+    def _answer(
+        self, method: str, body: dict[str, Any], auth: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self._failures:
+            failure = self._failures.popleft()
+            return failure.status, dict(failure.body), dict(failure.headers)
+        # Slack accepts the token as a Bearer header or a form field; it answers 200 either way.
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}, {}
+        channel = body.get("channel")
+        if not channel:
+            return 200, {"ok": False, "error": "channel_not_found"}, {}
+        if method == "chat.postMessage":
+            self._ts_seq += 1
+            ts = f"{self._ts_base}.{self._ts_seq:06d}"  # increasing both as strings and as floats
+            message = {"text": body.get("text", ""), "blocks": body.get("blocks", []), "ts": ts}
+            self._messages[(channel, ts)] = message
+            return 200, {"ok": True, "channel": channel, "ts": ts, "message": dict(message)}, {}
+        ts = str(body.get("ts", ""))
+        if (channel, ts) not in self._messages:
+            return 200, {"ok": False, "error": "message_not_found"}, {}
+        message = self._messages[(channel, ts)]
+        message.update({k: body[k] for k in ("text", "blocks") if k in body})
+        return (
+            200,
+            {"ok": True, "channel": channel, "ts": ts, "text": message["text"], "message": dict(message)},
+            {},
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    slack: SlackFake
+    # HTTP/1.0: one request per connection, so down() leaves no kept-alive connection behind.
+    protocol_version = "HTTP/1.0"
+
+    def do_POST(self) -> None:
+        method = self.path.removeprefix("/api/").split("?", 1)[0]
+        if method not in METHODS:
+            self._send(404, {"ok": False, "error": "unknown_method"}, {})
+            return
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        auth = self.headers.get("Authorization", "")
+        status, response, headers = self.slack._handle(method, _parse_body(self.headers, raw), auth)
+        self._send(status, response, headers)
+
+    def _send(self, status: int, response: dict[str, Any], headers: dict[str, str]) -> None:
+        payload = json.dumps(response).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output quiet; calls are recorded on the fake instead
+
+
+def _parse_body(headers: Any, raw: bytes) -> dict[str, Any]:
+    """JSON or form body, as slack-sdk sends either; JSON-in-form fields (blocks) are decoded."""
+    if headers.get_content_type() == "application/json":
+        return dict(json.loads(raw or b"{}"))
+    body: dict[str, Any] = dict(parse_qsl(raw.decode()))
+    for key in ("blocks", "attachments"):
+        if isinstance(body.get(key), str):
+            body[key] = json.loads(body[key])
+    return body
