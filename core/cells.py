@@ -144,7 +144,9 @@ class CellState:
         self._accrue_exposure(cfg, start + cfg.bucket_s)
         exposure = self.open_exposure
         self.exposure_history.append(exposure)
-        while len(self.exposure_history) > cfg.history_buckets:
+        # Longer than the rate windows: a failure mode seen for the first time is backfilled
+        # from it, and its detectors must have been "watching" long enough to be warmed up.
+        while len(self.exposure_history) > max(cfg.history_buckets, cfg.backfill_buckets):
             self.exposure_history.popleft()
         closed_at = float(start + cfg.bucket_s)
         outcome = BucketOutcome()
@@ -250,7 +252,7 @@ class CellState:
             for exposure in self.exposure_history:
                 for d in sub.detectors:
                     d.learn_one({"count": 0.0, "exposure": exposure})
-                sub.history.append(0)
+            sub.history.extend([0] * min(len(self.exposure_history), cfg.history_buckets))
             self.subcells[failure_mode] = sub
         return sub
 

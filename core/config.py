@@ -24,6 +24,7 @@ class DetectionConfig:
     detectors: tuple[tuple[str, dict[str, Any]], ...] = DEFAULT_DETECTORS
     cooldown_buckets: int = 14
     max_catchup_buckets: int = 400
+    backfill_buckets: int = 60
     version: str = "dev"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -67,6 +67,7 @@ class PoissonCusum:
         return max(0.0, self.statistic + llr)
 
     def score_one(self, x: Observation) -> float:
+        read_observation(x)  # refuse bad input even while warming up
         if not self.warmed_up:
             return 0.0
         return self._next_statistic(x) / self.threshold

@@ -72,6 +72,7 @@ class RiverPageHinkley:
         return float(ph._sum_increase - ph._min_increase)
 
     def score_one(self, x: Observation) -> float:
+        read_observation(x)  # refuse bad input even while warming up
         if self.baseline.steps < self.warmup_steps:
             return 0.0
         trial = copy.deepcopy(self.page_hinkley)

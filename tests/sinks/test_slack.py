@@ -8,10 +8,8 @@ import hmac
 import io
 import json
 import logging
-import sys
 import urllib.request
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,12 +25,7 @@ from sinks.slack import (
     make_notifier,
     verify_slack_signature,
 )
-
-# tests/ is not a package and pytest only puts this file's own directory on sys.path.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-from tests.slack_fake import SlackFake  # noqa: E402
+from tests.slack_fake import SlackFake
 
 TOKEN = "xoxb-test"
 URL = "http://rw.example/v1/alerts/a1"

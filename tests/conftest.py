@@ -1,21 +1,17 @@
-"""Fixtures giving a fresh, migrated ClickHouse store on each back end."""
+"""Shared fixtures: a fresh, migrated ClickHouse store on each back end, and the server behind it."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# tests/ is not a package, so make the shared helper module importable from this sub-directory.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clickhouse_server import running_clickhouse_server
-
 from sinks.clickhouse import ClickHouseStore, open_store
+from tests.clickhouse_server import running_clickhouse_server
 
 SERVER_MARKS = [pytest.mark.server, pytest.mark.integration]
 
