@@ -47,7 +47,7 @@ class WorkerSettings(BaseModel):
     data_dir: Path = Path(".recallwatch/worker")
     batch_max: int = Field(2000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
-    web_port: int = 6066
+    commit_interval_s: float = Field(2.8, gt=0)
 
 
 class ApiSettings(BaseModel):

@@ -1,0 +1,132 @@
+"""Two real workers, one killed with SIGKILL mid-stream and restarted: every event counts once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from sinks.clickhouse import open_store
+from streams.broker import running_broker
+from streams.producer import ensure_topics, make_producer, send_event
+from streams.records import Event
+from streams.simulator import SimulationConfig, Simulator
+from tests.e2e.processes import cli_env, start_cli, stop
+from tests.slack_fake import SlackFake
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.server]
+TOPICS = {"RW_KAFKA__EVENTS_TOPIC": "rw.events", "RW_KAFKA__PARTITIONS": "4"}
+
+
+def simulated_events(days: int) -> list[Event]:
+    sim = Simulator(SimulationConfig(seed=11, days=days, defect=SimulationConfig.default_defect(25)))
+    events = [e for _, day in sim.run() for e in day]
+    # A last shipment per cell a day later closes every open bucket, so all counts reach the rates.
+    last = max(e.occurred_at for e in events)
+    cells = {(e.model, e.batch) for e in events}
+    closing = [
+        Event(event_id=f"close-{m}-{b}", kind="shipment", occurred_at=last + timedelta(days=2), model=m, batch=b,
+              units=1)
+        for m, b in sorted(cells)
+    ]
+    return events + closing
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_url):
+    events = simulated_events(days=90)
+    incidents = [e for e in events if e.kind != "shipment"]
+    bad = [b"{not json", b'{"event_id": "x", "kind": "complaint"}']
+    store = open_store(server_url, tmp_path)
+    store.migrate()
+    with running_broker() as broker, SlackFake(token="xoxb-e2e") as slack:
+        ensure_topics(broker.bootstrap, ["rw.events", "rw.events.dlq", "rw.alerts"], 4)
+        env = {
+            **TOPICS,
+            "RW_KAFKA__URL": broker.url,
+            "RW_CLICKHOUSE__URL": server_url,
+            "RW_SLACK__TOKEN": "xoxb-e2e",
+            "RW_SLACK__BASE_URL": slack.base_url,
+            "RW_WORKER__BATCH_MAX": "500",
+            # Offsets are committed rarely, so the kill always leaves applied but uncommitted
+            # events behind and the replay path really runs.
+            "RW_WORKER__COMMIT_INTERVAL_S": "60",
+        }
+        workers = {
+            name: start_cli(["worker"], cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / name)), tmp_path,
+                            tmp_path / f"{name}.log")
+            for name in ("a", "b")
+        }
+        producer = make_producer(broker.bootstrap)
+        done = threading.Event()
+
+        def produce() -> None:
+            # Paced over ~15 s so the kill lands mid-stream.
+            chunk = max(1, len(events) // 60)
+            for i in range(0, len(events), chunk):
+                for e in events[i : i + chunk]:
+                    send_event(producer, "rw.events", e)
+                if i == chunk * 10:
+                    for payload in bad:
+                        producer.send("rw.events", key=b"KT-100|KT-100-B00", value=payload)
+                producer.flush()
+                time.sleep(0.25)
+            done.set()
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        try:
+            count = lambda: store.query("SELECT count() AS n FROM events FINAL")[0]["n"]  # noqa: E731
+            wait_for(lambda: count() > len(events) // 5, 60, "the workers to make progress")
+            workers["a"].send_signal(signal.SIGKILL)
+            workers["a"].wait()
+            time.sleep(3)
+            workers["a"] = start_cli(
+                ["worker"], cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")), tmp_path, tmp_path / "a2.log"
+            )
+            thread.join(timeout=60)
+            assert done.is_set()
+            wait_for(lambda: count() == len(events), 120, "every event in ClickHouse")
+            rate_total = lambda: store.query(  # noqa: E731
+                "SELECT sum(count) AS n FROM rates FINAL WHERE failure_mode = '*' AND window_s = 604800"
+            )[0]["n"]
+            wait_for(lambda: rate_total() >= len(incidents), 60, "every incident in the rates")
+            time.sleep(2)  # anything counted twice would show up now
+            assert rate_total() == len(incidents)
+            per_cell = store.query(
+                "SELECT model, batch, sum(count) AS n FROM rates FINAL WHERE failure_mode = '*'"
+                " AND window_s = 604800 GROUP BY model, batch ORDER BY model, batch"
+            )
+            expected = store.query(
+                "SELECT model, batch, count() AS n FROM events FINAL WHERE kind != 'shipment'"
+                " GROUP BY model, batch ORDER BY model, batch"
+            )
+            assert per_cell == expected
+            rejects = store.query("SELECT reason FROM rejects FINAL")
+            assert len(rejects) == len(bad) and all(r["reason"] for r in rejects)
+            alerts = store.query("SELECT alert_id, model, batch, failure_mode FROM alerts FINAL")
+            assert [(a["model"], a["batch"], a["failure_mode"]) for a in alerts] == [
+                ("KT-200", "KT-200-B04", "heating_element")
+            ]
+            slack.wait_for_calls(1, timeout=30)
+            assert {c.body["blocks"][0]["text"]["text"] for c in slack.delivered} == {
+                "Potential recall: KT-200 batch KT-200-B04"
+            }
+            logs = "".join(f.read_text(errors="replace") for f in tmp_path.glob("*.log"))
+            assert "replayed events their cells had already applied" in logs
+        finally:
+            producer.close()
+            for w in workers.values():
+                stop(w)
+            store.close()
