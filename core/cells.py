@@ -100,14 +100,23 @@ class CellState:
         self, cfg: DetectionConfig, failure_mode: str, occurred_at: float, event_id: str, produced_at: float
     ) -> BucketOutcome:
         """Count one complaint, repair or return; returns whatever buckets it closed."""
-        outcome = self._advance(cfg, occurred_at)
+        # The event that closes a bucket is the one an alert on that bucket is attributed to.
         self.trigger_event_id, self.trigger_produced_at = event_id, produced_at
+        outcome = self._advance(cfg, occurred_at)
         self._subcell(cfg, ALL_MODES).open_count += 1
         self._subcell(cfg, failure_mode).open_count += 1
         return outcome
 
-    def apply_shipment(self, cfg: DetectionConfig, units: int, occurred_at: float) -> BucketOutcome:
+    def apply_shipment(
+        self,
+        cfg: DetectionConfig,
+        units: int,
+        occurred_at: float,
+        event_id: str = "",
+        produced_at: float = 0.0,
+    ) -> BucketOutcome:
         """Units entering the field: exposure grows from the shipment's time on."""
+        self.trigger_event_id, self.trigger_produced_at = event_id, produced_at
         outcome = self._advance(cfg, occurred_at)
         self._accrue_exposure(cfg, occurred_at)
         self.units_in_field = max(0, self.units_in_field + units)
@@ -188,9 +197,19 @@ class CellState:
             window_count = sum(list(sub.history)[-n_buckets:])
             points.append(
                 RatePoint(
-                    self.model, self.batch, sub.failure_mode, start, cfg.bucket_s, window_s,
-                    sub.open_count, window_count, units, exposure, expected,
-                    sub.open_count * per_1000, window_count * per_1000,
+                    self.model,
+                    self.batch,
+                    sub.failure_mode,
+                    start,
+                    cfg.bucket_s,
+                    window_s,
+                    sub.open_count,
+                    window_count,
+                    units,
+                    exposure,
+                    expected,
+                    sub.open_count * per_1000,
+                    window_count * per_1000,
                 )
             )
         return points

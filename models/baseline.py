@@ -43,7 +43,7 @@ class ExposureBaseline:
         True
         """
         pseudo_counts = self.prior_rate * self.prior_exposure + self.counts
-        return (pseudo_counts + z * pseudo_counts**0.5) / (self.prior_exposure + self.exposure)
+        return float((pseudo_counts + z * pseudo_counts**0.5) / (self.prior_exposure + self.exposure))
 
     def update(self, count: float, exposure: float) -> None:
         self.counts = self.counts * self.forget + count

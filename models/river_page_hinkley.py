@@ -76,13 +76,13 @@ class RiverPageHinkley:
         if self.baseline.steps < self.warmup_steps:
             return 0.0
         trial = copy.deepcopy(self.page_hinkley)
-        trial.update(self._residual(x))
+        trial.update(self._residual(x))  # type: ignore[no-untyped-call]
         return self._statistic(trial) / self.threshold
 
     def learn_one(self, x: Observation) -> None:
         count, exposure = read_observation(x)
         if self.baseline.steps >= self.warmup_steps:
-            self.page_hinkley.update(self._residual(x))
+            self.page_hinkley.update(self._residual(x))  # type: ignore[no-untyped-call]
             self.last_score = self._statistic(self.page_hinkley) / self.threshold
         if self.last_score < self.learn_below:
             self.baseline.update(count, exposure)

@@ -33,7 +33,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with infrastructure(settings) as stack:
         server, thread = serve_api_in_thread(settings, stack.store)
-        print(f"RecallWatch API on {settings.api.public_url}  (docs: {settings.api.public_url}/docs)", file=sys.stderr)
+        print(
+            f"RecallWatch API on {settings.api.public_url}  (docs: {settings.api.public_url}/docs)",
+            file=sys.stderr,
+        )
         if args.simulate:
             start_simulation(stack, defect=not args.no_defect, days=args.days)
         try:
@@ -73,7 +76,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sim = stack.simulation
             stack.stop_simulation.set()
             deadline = time.monotonic() + 15
-            while sim and stack.stats.processed + stack.stats.rejected < sim.produced and time.monotonic() < deadline:
+            while (
+                sim
+                and stack.stats.processed + stack.stats.rejected < sim.produced
+                and time.monotonic() < deadline
+            ):
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -96,7 +103,9 @@ def demo_summary(stack: Any, rows: dict[str, int], with_defect: bool) -> dict[st
     from streams.simulator import SimulationConfig
 
     sim = stack.simulation
-    defect = SimulationConfig.default_defect(stack.settings.simulator.defect_onset_day) if with_defect else None
+    defect = (
+        SimulationConfig.default_defect(stack.settings.simulator.defect_onset_day) if with_defect else None
+    )
     alerts = []
     for alert, delivery in zip(stack.stats.alerts, stack.stats.deliveries, strict=True):
         matches = bool(
@@ -123,7 +132,9 @@ def demo_summary(stack: Any, rows: dict[str, int], with_defect: bool) -> dict[st
         "events_produced": sim.produced if sim else 0,
         "events_processed": stack.stats.processed,
         "events_rejected": stack.stats.rejected,
-        "defect": None if defect is None else {**defect.__dict__, "onset_wall": sim.defect_onset_wall if sim else None},
+        "defect": None
+        if defect is None
+        else {**defect.__dict__, "onset_wall": sim.defect_onset_wall if sim else None},
         "alerts": alerts,
         "clickhouse_rows": rows,
     }
@@ -147,7 +158,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not settings.kafka.url:
-        print("recallwatch worker needs RW_KAFKA__URL (use `recallwatch run` for the embedded stack)", file=sys.stderr)
+        print(
+            "recallwatch worker needs RW_KAFKA__URL (use `recallwatch run` for the embedded stack)",
+            file=sys.stderr,
+        )
         return 2
     with infrastructure(settings) as stack:
         run_worker(stack)
@@ -164,7 +178,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
     try:
         store.migrate()
-        uvicorn.run(create_api(store, settings.api.public_url), host=settings.api.host, port=settings.api.port)
+        uvicorn.run(
+            create_api(store, settings.api.public_url), host=settings.api.host, port=settings.api.port
+        )
     finally:
         store.close()
     return 0
@@ -185,13 +201,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     ensure_topics(bootstrap, [settings.kafka.events_topic], settings.kafka.partitions)
     s = settings.simulator
     config = SimulationConfig(
-        seed=s.seed, days=args.days, defect=None if args.no_defect else SimulationConfig.default_defect(s.defect_onset_day)
+        seed=s.seed,
+        days=args.days,
+        defect=None if args.no_defect else SimulationConfig.default_defect(s.defect_onset_day),
     )
     producer = make_producer(bootstrap)
     run = SimulationRun()
     with contextlib.suppress(KeyboardInterrupt):
-        produce_simulation(producer, settings.kafka.events_topic, Simulator(config), args.speed or s.speed,
-                           threading.Event(), run)
+        produce_simulation(
+            producer,
+            settings.kafka.events_topic,
+            Simulator(config),
+            args.speed or s.speed,
+            threading.Event(),
+            run,
+        )
     producer.close()
     print(json.dumps({"events_produced": run.produced, "days": run.day + 1}))
     return 0
@@ -210,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--no-defect", action="store_true")
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser("worker", help="Faust worker against configured Kafka and ClickHouse").set_defaults(func=cmd_worker)
+    sub.add_parser("worker", help="Faust worker against configured Kafka and ClickHouse").set_defaults(
+        func=cmd_worker
+    )
     sub.add_parser("api", help="HTTP API against configured ClickHouse").set_defaults(func=cmd_api)
     sim = sub.add_parser("simulate", help="produce simulated events to configured Kafka")
     sim.add_argument("--days", type=int, default=120)

@@ -72,10 +72,14 @@ def infrastructure(settings: Settings) -> Iterator[Stack]:
             broker.stop()
 
 
-def serve_api_in_thread(settings: Settings, store: ClickHouseStore) -> tuple[uvicorn.Server, threading.Thread]:
+def serve_api_in_thread(
+    settings: Settings, store: ClickHouseStore
+) -> tuple[uvicorn.Server, threading.Thread]:
     api = create_api(store, settings.api.public_url)
     server = uvicorn.Server(
-        uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            api, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
+        )
     )
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
@@ -96,8 +100,12 @@ def start_simulation(stack: Stack, defect: bool, days: int) -> threading.Thread:
         try:
             assert stack.simulation is not None
             produce_simulation(
-                producer, stack.settings.kafka.events_topic, Simulator(config), s.speed,
-                stack.stop_simulation, stack.simulation,
+                producer,
+                stack.settings.kafka.events_topic,
+                Simulator(config),
+                s.speed,
+                stack.stop_simulation,
+                stack.simulation,
             )
         finally:
             producer.close()

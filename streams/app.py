@@ -72,7 +72,7 @@ class FaustTableCells(MutableMapping[str, CellState]):
         value = self.table.data[key]
         if isinstance(value, bytes):
             # Only this worker writes the changelog (an internal topic), so unpickling it is safe.
-            value = pickle.loads(value)  # noqa: S301
+            value = pickle.loads(value)
             self.table.data[key] = value
         return value  # type: ignore[no-any-return]
 
@@ -127,7 +127,9 @@ def create_app(
         producer_max_batch_size=1,
     )
     app.recallwatch_stats = stats  # type: ignore[attr-defined]
-    events_topic = app.topic(k.events_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions)
+    events_topic = app.topic(
+        k.events_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
+    )
     dlq_topic = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(k.alerts_topic, key_serializer="raw", value_serializer="raw")
     cell_table = app.Table("cells", default=None, partitions=k.partitions, key_type=str, value_type=bytes)
@@ -138,7 +140,9 @@ def create_app(
     async def insert(table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             await retry_until_done(
-                f"ClickHouse insert into {table}", lambda: asyncio.to_thread(store.insert, table, rows), *retry_s
+                f"ClickHouse insert into {table}",
+                lambda: asyncio.to_thread(store.insert, table, rows),
+                *retry_s,
             )
 
     @app.agent(events_topic)

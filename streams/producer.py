@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,12 +24,12 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recallwatch-admin")
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        wanted = [
+            NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing
+        ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

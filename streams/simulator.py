@@ -65,7 +65,12 @@ class SimulationConfig:
     infant_factor: float = 1.0
     infant_days: float = 15.0
     defect: Defect | None = None
+    extra_defects: tuple[Defect, ...] = ()
     failure_modes: dict[str, tuple[str, float, float]] = field(default_factory=lambda: dict(FAILURE_MODES))
+
+    @property
+    def defects(self) -> tuple[Defect, ...]:
+        return ((self.defect,) if self.defect else ()) + self.extra_defects
 
     @staticmethod
     def default_defect(onset_day: float = 25.0) -> Defect:
@@ -144,8 +149,9 @@ class Simulator:
                 continue
             for mode, (component, share, severe_p) in cfg.failure_modes.items():
                 rate = cfg.base_rate_per_unit_day * share * exposure
-                if cfg.defect is not None and cfg.defect.affects(batch.model, batch.name, mode, day):
-                    rate *= cfg.defect.multiplier
+                for defect in cfg.defects:
+                    if defect.affects(batch.model, batch.name, mode, day):
+                        rate *= defect.multiplier
                 for _ in range(int(rng.poisson(rate))):
                     events.append(self._incident(batch, mode, component, severe_p, day))
         events.sort(key=lambda e: e.occurred_at)

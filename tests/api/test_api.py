@@ -16,19 +16,39 @@ DAY = 86_400
 def client(store):
     alert = Alert(
         alert_id=alert_id_for("KT-200", "B04", "heating_element", 30 * DAY),
-        model="KT-200", batch="B04", failure_mode="heating_element", opened_at=30 * DAY,
-        detector="poisson_cusum", detector_params={"threshold": 12.0}, config_version="abc",
-        score=1.3, count=9, expected=1.5, units_in_field=20_000, rate_per_1000=1.2,
-        expected_rate_per_1000=0.4, window_s=7 * DAY, detectors_fired=("poisson_cusum",),
+        model="KT-200",
+        batch="B04",
+        failure_mode="heating_element",
+        opened_at=30 * DAY,
+        detector="poisson_cusum",
+        detector_params={"threshold": 12.0},
+        config_version="abc",
+        score=1.3,
+        count=9,
+        expected=1.5,
+        units_in_field=20_000,
+        rate_per_1000=1.2,
+        expected_rate_per_1000=0.4,
+        window_s=7 * DAY,
+        detectors_fired=("poisson_cusum",),
     )
     store.insert("alerts", [alert_row(alert, 1_700_000_000)])
     store.insert(
         "rates",
         [
             {
-                "model": "KT-200", "batch": "B04", "failure_mode": fm, "bucket_start": d * DAY,
-                "bucket_s": DAY, "window_s": 7 * DAY, "count": d, "window_count": d, "units_in_field": 20_000,
-                "exposure_unit_days": 20_000.0, "expected": 1.0, "rate_per_1000": 0.05 * d,
+                "model": "KT-200",
+                "batch": "B04",
+                "failure_mode": fm,
+                "bucket_start": d * DAY,
+                "bucket_s": DAY,
+                "window_s": 7 * DAY,
+                "count": d,
+                "window_count": d,
+                "units_in_field": 20_000,
+                "exposure_unit_days": 20_000.0,
+                "expected": 1.0,
+                "rate_per_1000": 0.05 * d,
                 "window_rate_per_1000": 0.05 * d,
             }
             for d in range(1, 4)
@@ -49,7 +69,9 @@ def test_rates_over_time(client):
     body = client.get("/v1/rates", params={"model": "KT-200", "batch": "B04"}).json()
     assert [p["count"] for p in body["points"]] == [1, 2, 3]
     assert [p["bucket_start"] for p in body["points"]] == [DAY, 2 * DAY, 3 * DAY]
-    fm = client.get("/v1/rates", params={"model": "KT-200", "batch": "B04", "failure_mode": "heating_element"})
+    fm = client.get(
+        "/v1/rates", params={"model": "KT-200", "batch": "B04", "failure_mode": "heating_element"}
+    )
     assert len(fm.json()["points"]) == 3
     assert client.get("/v1/rates", params={"model": "nope", "batch": "B04"}).json()["points"] == []
 

@@ -11,7 +11,9 @@ DAY = 86_400
 CFG = DetectionConfig(bucket_s=DAY, windows_s=(7 * DAY,), cooldown_buckets=3, max_catchup_buckets=50)
 
 
-def feed(cell: CellState, daily_counts: list[int], mode: str = "brakes", start_day: int = 0, units: int = 10_000):
+def feed(
+    cell: CellState, daily_counts: list[int], mode: str = "brakes", start_day: int = 0, units: int = 10_000
+):
     outcomes = []
     if cell.units_in_field == 0:
         outcomes.append(cell.apply_shipment(CFG, units, start_day * DAY))

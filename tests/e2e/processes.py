@@ -20,7 +20,11 @@ def cli_env(**settings: str) -> dict[str, str]:
 def start_cli(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "recallwatch.cli", *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "recallwatch.cli", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

@@ -28,8 +28,14 @@ def simulated_events(days: int) -> list[Event]:
     last = max(e.occurred_at for e in events)
     cells = {(e.model, e.batch) for e in events}
     closing = [
-        Event(event_id=f"close-{m}-{b}", kind="shipment", occurred_at=last + timedelta(days=2), model=m, batch=b,
-              units=1)
+        Event(
+            event_id=f"close-{m}-{b}",
+            kind="shipment",
+            occurred_at=last + timedelta(days=2),
+            model=m,
+            batch=b,
+            units=1,
+        )
         for m, b in sorted(cells)
     ]
     return events + closing
@@ -64,8 +70,12 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
             "RW_WORKER__COMMIT_INTERVAL_S": "60",
         }
         workers = {
-            name: start_cli(["worker"], cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / name)), tmp_path,
-                            tmp_path / f"{name}.log")
+            name: start_cli(
+                ["worker"],
+                cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / name)),
+                tmp_path,
+                tmp_path / f"{name}.log",
+            )
             for name in ("a", "b")
         }
         producer = make_producer(broker.bootstrap)
@@ -93,7 +103,10 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
             workers["a"].wait()
             time.sleep(3)
             workers["a"] = start_cli(
-                ["worker"], cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")), tmp_path, tmp_path / "a2.log"
+                ["worker"],
+                cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")),
+                tmp_path,
+                tmp_path / "a2.log",
             )
             thread.join(timeout=60)
             assert done.is_set()

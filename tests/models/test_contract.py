@@ -15,7 +15,9 @@ from models import DETECTORS, build_detector
 NAMES = sorted(DETECTORS)
 
 
-def in_control(seed: int, n: int = 120, rate: float = 2e-4, exposure: float = 20_000.0) -> list[dict[str, float]]:
+def in_control(
+    seed: int, n: int = 120, rate: float = 2e-4, exposure: float = 20_000.0
+) -> list[dict[str, float]]:
     rng = np.random.default_rng(seed)
     return [{"count": float(rng.poisson(rate * exposure)), "exposure": exposure} for _ in range(n)]
 

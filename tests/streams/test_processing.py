@@ -17,7 +17,9 @@ CFG = DetectionConfig()
 
 
 def records_for(days: int, seed: int = 1, defect: bool = True) -> list[RawRecord]:
-    cfg = SimulationConfig(seed=seed, days=days, defect=SimulationConfig.default_defect(20) if defect else None)
+    cfg = SimulationConfig(
+        seed=seed, days=days, defect=SimulationConfig.default_defect(20) if defect else None
+    )
     out = []
     for _, events in Simulator(cfg).run():
         for e in events:
@@ -33,11 +35,21 @@ def run_batches(records, cells, size=500):
 
 
 def window_total(cells: dict[str, CellState]) -> int:
-    return sum(sub.open_count + sum(sub.history) for c in cells.values() for k, sub in c.subcells.items() if k == "*")
+    return sum(
+        sub.open_count + sum(sub.history) for c in cells.values() for k, sub in c.subcells.items() if k == "*"
+    )
 
 
 def test_malformed_records_become_rejects_and_never_raise():
-    bad = [b"", b"{", b"[]", b"null", b'{"event_id": "x"}', b"\xff\xfe", orjson.dumps({"kind": "complaint"}) * 3]
+    bad = [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b'{"event_id": "x"}',
+        b"\xff\xfe",
+        orjson.dumps({"kind": "complaint"}) * 3,
+    ]
     records = [RawRecord(2, i, 0.0, v) for i, v in enumerate(bad)] + [RawRecord(2, 99, 0.0, None)]
     result = process_batch(records, {}, CFG, "rw.events", now=1_700_000_000.0)
     assert len(result.dead_letters) == len(records) == len(result.reject_rows)
@@ -76,6 +88,8 @@ def test_crash_before_state_persisted_replays_to_identical_outputs():
 def test_the_injected_defect_alerts_and_nothing_else_does():
     results = run_batches(records_for(60), {})
     alerts = [a for r in results for a in r.alerts]
-    assert [(a.model, a.batch, a.failure_mode) for a in alerts] == [("KT-200", "KT-200-B04", "heating_element")]
+    assert [(a.model, a.batch, a.failure_mode) for a in alerts] == [
+        ("KT-200", "KT-200-B04", "heating_element")
+    ]
     clean = run_batches(records_for(120, seed=3, defect=False), {})
     assert not [a for r in clean for a in r.alerts]
