@@ -16,7 +16,6 @@ the producer timestamp of the event that closed the alarming bucket.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics

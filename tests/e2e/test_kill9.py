@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from datetime import timedelta
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from sinks.clickhouse import open_store
 from streams.broker import running_broker
@@ -41,13 +43,13 @@ def simulated_events(days: int) -> list[Event]:
     return events + closing
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, diagnose=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}. {diagnose()}")
 
 
 def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_url):
@@ -65,6 +67,7 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
             "RW_SLACK__TOKEN": "xoxb-e2e",
             "RW_SLACK__BASE_URL": slack.base_url,
             "RW_WORKER__BATCH_MAX": "500",
+            "RW_LOG_LEVEL": os.environ.get("RW_TEST_WORKER_LOG_LEVEL", "INFO"),
             # Offsets are committed rarely, so the kill always leaves applied but uncommitted
             # events behind and the replay path really runs.
             "RW_WORKER__COMMIT_INTERVAL_S": "60",
@@ -94,6 +97,17 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
                 time.sleep(0.25)
             done.set()
 
+        def diagnose() -> str:
+            seen = store.query(
+                "SELECT src_partition AS p, count() AS n, max(src_offset) AS last FROM events FINAL"
+                " GROUP BY src_partition ORDER BY p"
+            )
+            consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+            tps = [TopicPartition("rw.events", p) for p in range(4)]
+            ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+            consumer.close()
+            return f"ClickHouse per partition: {seen}; topic end offsets: {ends}; logs in {tmp_path}"
+
         thread = threading.Thread(target=produce, daemon=True)
         thread.start()
         try:
@@ -101,7 +115,10 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
             wait_for(lambda: count() > len(events) // 5, 60, "the workers to make progress")
             workers["a"].send_signal(signal.SIGKILL)
             workers["a"].wait()
-            time.sleep(3)
+            # Restart once the survivor has taken over (the dead member's session must expire
+            # first), so the restart is one clean rebalance rather than two overlapping ones.
+            at_kill = count()
+            wait_for(lambda: count() > at_kill + 500, 60, "the surviving worker to take over")
             workers["a"] = start_cli(
                 ["worker"],
                 cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")),
@@ -110,7 +127,7 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
             )
             thread.join(timeout=60)
             assert done.is_set()
-            wait_for(lambda: count() == len(events), 120, "every event in ClickHouse")
+            wait_for(lambda: count() == len(events), 120, "every event in ClickHouse", diagnose)
             rate_total = lambda: store.query(  # noqa: E731
                 "SELECT sum(count) AS n FROM rates FINAL WHERE failure_mode = '*' AND window_s = 604800"
             )[0]["n"]
