@@ -48,6 +48,8 @@ class WorkerSettings(BaseModel):
     batch_max: int = Field(2000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
     commit_interval_s: float = Field(2.8, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0)
+    flush_max_events: int = Field(20_000, ge=1)
 
 
 class ApiSettings(BaseModel):

@@ -7,7 +7,6 @@ self-learned baseline, so buckets with different exposure are comparable; river'
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -75,9 +74,26 @@ class RiverPageHinkley:
         read_observation(x)  # refuse bad input even while warming up
         if self.baseline.steps < self.warmup_steps:
             return 0.0
-        trial = copy.deepcopy(self.page_hinkley)
-        trial.update(self._residual(x))  # type: ignore[no-untyped-call]
-        return self._statistic(trial) / self.threshold
+        return self._peek(self._residual(x)) / self.threshold
+
+    def _peek(self, value: float) -> float:
+        """The statistic river's ``update(value)`` would give, computed without touching it.
+
+        Copying the river object per score was 40 % of the worker's detection time; this repeats
+        its arithmetic (reset after a detected drift, running mean, alpha-discounted sums) on
+        scalars. A test checks it against a real copy-and-update.
+        """
+        ph = self.page_hinkley
+        if ph.drift_detected:
+            n, mean, sum_increase, min_increase = 0, 0.0, 0.0, float("inf")
+        else:
+            n, mean = ph._x_mean.n, ph._x_mean.get()
+            sum_increase, min_increase = ph._sum_increase, ph._min_increase
+        n += 1
+        mean += (value - mean) / n
+        sum_increase = ph.alpha * sum_increase + (value - mean) - ph.delta
+        min_increase = min(min_increase, sum_increase)
+        return 0.0 if n < ph.min_instances else float(sum_increase - min_increase)
 
     def learn_one(self, x: Observation) -> None:
         count, exposure = read_observation(x)

@@ -95,6 +95,32 @@ class FaustTableCells(MutableMapping[str, CellState]):
         self.table.send_changelog(partition, key, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+@dataclass
+class PendingFlush:
+    """What the ingest agent processed but has not yet made durable and acked."""
+
+    stream: Any = None
+    events: list[Any] = field(default_factory=list)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    rate_rows: list[dict[str, Any]] = field(default_factory=list)
+    reject_rows: list[dict[str, Any]] = field(default_factory=list)
+    alert_rows: list[dict[str, Any]] = field(default_factory=list)
+    dirty: dict[str, int] = field(default_factory=dict)
+
+    def add(self, events: list[Any], result: Any, alert_rows: list[dict[str, Any]]) -> None:
+        self.events.extend(events)
+        self.event_rows.extend(result.event_rows)
+        self.rate_rows.extend(result.rate_rows)
+        self.reject_rows.extend(result.reject_rows)
+        self.alert_rows.extend(alert_rows)
+        self.dirty.update(result.touched)
+
+    def clear(self) -> None:
+        for part in (self.events, self.event_rows, self.rate_rows, self.reject_rows, self.alert_rows):
+            part.clear()
+        self.dirty.clear()
+
+
 def create_app(
     settings: Settings,
     broker_url: str,
@@ -145,34 +171,58 @@ def create_app(
                 *retry_s,
             )
 
+    pending = PendingFlush()
+    flush_lock = asyncio.Lock()
+
+    async def flush() -> None:
+        """Make the accumulated outputs durable, then persist the cells, then ack their events."""
+        async with flush_lock:
+            if not pending.events:
+                return
+            await insert("events", pending.event_rows)
+            await insert("rates", pending.rate_rows)
+            await insert("rejects", pending.reject_rows)
+            await insert("alerts", pending.alert_rows)
+            for key, partition in pending.dirty.items():
+                cells.persist(key, partition)
+            stream = pending.stream
+            for event in pending.events:
+                await stream.ack(event)
+            log.info("flushed %d events and %d cells", len(pending.events), len(pending.dirty))
+            pending.clear()
+
     @app.agent(events_topic)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
+        # Small batches keep alerts prompt; rows, cell state and acks are flushed together on an
+        # interval. Nothing is acked before its cell is persisted, and no cell is persisted before
+        # the rows and alerts it produced are durable, so a crash anywhere replays exactly.
+        pending.stream = stream
         async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
-            records = [
-                RawRecord(e.message.partition, e.message.offset, e.message.timestamp, e.message.value)
-                for e in batch
-            ]
-            result = process_batch(records, cells, cfg, k.events_topic, clock())
-            for record, reason in result.dead_letters:
-                await dlq_topic.send(
-                    value=record.value or b"",
-                    headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
-                )
-            for alert in result.alerts:
-                await alerts_topic.send(key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict()))
-            await insert("events", result.event_rows)
-            await insert("rates", result.rate_rows)
-            await insert("rejects", result.reject_rows)
-            await insert("alerts", [alert_row(a, clock()) for a in result.alerts])
-            for key, partition in result.touched.items():
-                cells.persist(key, partition)
-            for event in batch:
-                await stream.ack(event)
-            if result.replayed:
-                log.warning("skipped %d replayed events their cells had already applied", result.replayed)
-            stats.processed += len(records) - len(result.dead_letters)
-            stats.replayed += result.replayed
-            stats.rejected += len(result.dead_letters)
+            async with flush_lock:
+                records = [
+                    RawRecord(e.message.partition, e.message.offset, e.message.timestamp, e.message.value)
+                    for e in batch
+                ]
+                result = process_batch(records, cells, cfg, k.events_topic, clock())
+                for alert in result.alerts:
+                    await alerts_topic.send(key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict()))
+                for record, reason in result.dead_letters:
+                    await dlq_topic.send(
+                        value=record.value or b"",
+                        headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
+                    )
+                pending.add(batch, result, [alert_row(a, clock()) for a in result.alerts])
+                if result.replayed:
+                    log.warning("skipped %d replayed events their cells had already applied", result.replayed)
+                stats.processed += len(records) - len(result.dead_letters)
+                stats.replayed += result.replayed
+                stats.rejected += len(result.dead_letters)
+            if len(pending.events) >= settings.worker.flush_max_events:
+                await flush()
+
+    @app.timer(settings.worker.flush_interval_s)
+    async def flush_on_interval() -> None:
+        await flush()
 
     @app.agent(alerts_topic)
     async def notify(stream: faust.StreamT[bytes]) -> None:

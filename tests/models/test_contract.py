@@ -107,3 +107,19 @@ def test_bad_observations_are_refused(name):
 def test_unknown_detector_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown detector"):
         build_detector("nope", {})
+
+
+def test_page_hinkley_peek_matches_a_real_river_update():
+    import copy
+
+    from models.river_page_hinkley import RiverPageHinkley
+
+    det = RiverPageHinkley(threshold=6.0, min_instances=3, warmup_steps=3)
+    rng = np.random.default_rng(9)
+    for step in range(300):
+        count = float(rng.poisson(2.0 if step % 90 < 60 else 12.0))  # steps up, so drifts fire and reset
+        value = det._residual({"count": count, "exposure": 10_000.0})
+        trial = copy.deepcopy(det.page_hinkley)
+        trial.update(value)
+        assert det._peek(value) == pytest.approx(det._statistic(trial), abs=1e-9)
+        det.learn_one({"count": count, "exposure": 10_000.0})
