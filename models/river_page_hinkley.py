@@ -84,10 +84,11 @@ class RiverPageHinkley:
         scalars. A test checks it against a real copy-and-update.
         """
         ph = self.page_hinkley
+        n: float
         if ph.drift_detected:
-            n, mean, sum_increase, min_increase = 0, 0.0, 0.0, float("inf")
+            n, mean, sum_increase, min_increase = 0.0, 0.0, 0.0, float("inf")
         else:
-            n, mean = ph._x_mean.n, ph._x_mean.get()
+            n, mean = float(ph._x_mean.n), ph._x_mean.get()
             sum_increase, min_increase = ph._sum_increase, ph._min_increase
         n += 1
         mean += (value - mean) / n
