@@ -210,11 +210,15 @@ def latency(broker_url: str, bootstrap: str, seconds: float, tmp: str) -> dict:
         producer.close()
         store.close()
         received = [(json.dumps(c.body), c.received_at) for c in slack.delivered]
-        latencies = []
+        latencies, detect, deliver = [], [], []
         for alert in stack.stats.alerts:
             arrival = next((t for body, t in received if alert["alert_id"] in body), None)
+            sent = stack.stats.alert_sent_at.get(alert["alert_id"])
             if arrival is not None and alert["trigger_produced_at"] > 0:
                 latencies.append(arrival - alert["trigger_produced_at"])
+                if sent is not None:
+                    detect.append(sent - alert["trigger_produced_at"])
+                    deliver.append(arrival - sent)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
     return {
@@ -223,6 +227,8 @@ def latency(broker_url: str, bootstrap: str, seconds: float, tmp: str) -> dict:
         "alert_latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
         "alert_latency_p99_s": round(p99, 3) if p99 is not None else None,
         "alert_latency_max_s": round(latencies[-1], 3) if latencies else None,
+        "alert_detect_p50_s": round(statistics.median(detect), 3) if detect else None,
+        "alert_deliver_p50_s": round(statistics.median(deliver), 3) if deliver else None,
     }
 
 

@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         if args.simulate:
-            start_simulation(stack, defect=not args.no_defect, days=args.days)
+            start_simulation(stack, defect=None if args.no_defect else args.defect, days=args.days)
         try:
             run_worker(stack)
         finally:
@@ -56,7 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with infrastructure(settings) as stack:
         server, thread = serve_api_in_thread(settings, stack.store)
         days = int(args.seconds * settings.simulator.speed) + 2
-        start_simulation(stack, defect=not args.no_defect, days=days)
+        defect_kind = None if args.no_defect else args.defect
+        start_simulation(stack, defect=defect_kind, days=days)
         started = time.monotonic()
 
         async def controller(app: Any) -> None:
@@ -91,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             stack.stop_simulation.set()
             server.should_exit = True
             thread.join(timeout=10)
-        summary = demo_summary(stack, row_counts(stack.store), with_defect=not args.no_defect)
+        summary = demo_summary(stack, row_counts(stack.store), defect_kind)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -228,11 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--simulate", action="store_true", help="also run the simulator")
     run.add_argument("--no-defect", action="store_true", help="simulate without the injected defect")
     run.add_argument("--days", type=int, default=3650, help="simulated days (with --simulate)")
+    run.add_argument(
+        "--defect",
+        choices=("batch", "lot"),
+        default="batch",
+        help="injected defect: one batch or a supplier lot",
+    )
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="embedded stack plus simulator for a while, then a summary")
     demo.add_argument("--seconds", type=float, default=60.0)
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--no-defect", action="store_true")
+    demo.add_argument(
+        "--defect", choices=("batch", "lot"), default="batch", help="one batch or a supplier lot"
+    )
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("worker", help="Faust worker against configured Kafka and ClickHouse").set_defaults(
         func=cmd_worker
@@ -242,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=int, default=120)
     sim.add_argument("--speed", type=float, default=None, help="simulated days per second")
     sim.add_argument("--no-defect", action="store_true")
+    sim.add_argument("--defect", choices=("batch", "lot"), default="batch")
     sim.set_defaults(func=cmd_simulate)
     return parser
 

@@ -86,12 +86,13 @@ def serve_api_in_thread(
     return server, thread
 
 
-def start_simulation(stack: Stack, defect: bool, days: int) -> threading.Thread:
+def start_simulation(stack: Stack, defect: str | None, days: int) -> threading.Thread:
+    """Produce simulated events in a thread; ``defect`` is "batch", "lot" or None for a clean run."""
     s = stack.settings.simulator
     config = SimulationConfig(
         seed=s.seed,
         days=days,
-        defect=SimulationConfig.default_defect(s.defect_onset_day) if defect else None,
+        defect=SimulationConfig.default_defect(s.defect_onset_day, defect) if defect else None,
     )
     stack.simulation = SimulationRun()
     producer = make_producer(bootstrap_of(stack.broker_url))

@@ -38,6 +38,7 @@ class WorkerStats:
     rejected: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    alert_sent_at: dict[str, float] = field(default_factory=dict)
 
 
 async def retry_until_done(
@@ -206,6 +207,7 @@ def create_app(
                 result = process_batch(records, cells, cfg, k.events_topic, clock())
                 for alert in result.alerts:
                     await alerts_topic.send(key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict()))
+                    stats.alert_sent_at[alert.alert_id] = clock()
                 for record, reason in result.dead_letters:
                     await dlq_topic.send(
                         value=record.value or b"",

@@ -21,21 +21,45 @@ from streams.records import Event, Severity
 DAY_S = 86_400
 
 
+def supplier_lot(batch: str, component: str) -> str:
+    """The supplier lot of ``component`` built into ``batch``.
+
+    Every two production rounds use one lot of each component, in every model alike, so a lot
+    spans batches and models, as real supplier lots do.
+
+    >>> supplier_lot("KT-100-B05", "heater"), supplier_lot("CM-300-B04", "heater")
+    ('heater-L02', 'heater-L02')
+    """
+    index = int(batch.rsplit("-B", 1)[1])
+    return f"{component}-L{index // 2:02d}"
+
+
 @dataclass(frozen=True)
 class Defect:
+    """A failure mode's rate multiplied from an onset day, in named batches or in a supplier lot.
+
+    With ``supplier_lot`` set, every batch of any model containing that lot is affected and
+    ``model``/``batches`` may be left empty.
+    """
+
     model: str
     batches: tuple[str, ...]
     failure_mode: str
     onset_day: float
     multiplier: float = 5.0
+    supplier_lot: str = ""
 
     def affects(self, model: str, batch: str, failure_mode: str, day: float) -> bool:
-        return (
-            model == self.model
-            and batch in self.batches
-            and failure_mode == self.failure_mode
-            and day >= self.onset_day
-        )
+        if failure_mode != self.failure_mode or day < self.onset_day:
+            return False
+        if self.supplier_lot:
+            component = FAILURE_MODES.get(failure_mode, ("",))[0]
+            return supplier_lot(batch, component) == self.supplier_lot
+        return model == self.model and batch in self.batches
+
+    def affects_cell(self, model: str, batch: str) -> bool:
+        """Whether an alert on (model, batch) points at this defect (ground truth for the demo)."""
+        return self.affects(model, batch, self.failure_mode, self.onset_day)
 
 
 FAILURE_MODES: dict[str, tuple[str, float, float]] = {
@@ -73,8 +97,15 @@ class SimulationConfig:
         return ((self.defect,) if self.defect else ()) + self.extra_defects
 
     @staticmethod
-    def default_defect(onset_day: float = 25.0) -> Defect:
-        # A batch already in the field when the simulation starts, so its cell is warmed up.
+    def default_defect(onset_day: float = 25.0, kind: str = "batch") -> Defect:
+        """The demo's defect: one batch, or a heater lot shared by two batches of every model.
+
+        Both hit units already in the field when the simulation starts, so their cells are warm.
+        """
+        if kind == "lot":
+            return Defect("", (), "heating_element", onset_day, 5.0, supplier_lot="heater-L02")
+        if kind != "batch":
+            raise ValueError(f"defect kind must be 'batch' or 'lot', not {kind!r}")
         return Defect("KT-200", ("KT-200-B04",), "heating_element", onset_day, 5.0)
 
 
