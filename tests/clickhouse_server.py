@@ -60,31 +60,52 @@ def _answers(port: int) -> bool:
         client.disconnect()
 
 
-@contextlib.contextmanager
-def running_clickhouse_server(tmp_dir: str | Path, database: str = "recallwatch_test") -> Iterator[str]:
-    """Run a server until the block exits; yields ``clickhouse://127.0.0.1:PORT/<database>``."""
-    data_dir = Path(tmp_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tcp_port, http_port, interserver_port = _free_ports(3)
-    cmd = server_command(data_dir, tcp_port, http_port, interserver_port)
-    with open(data_dir / "stdout", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=data_dir, stdout=out, stderr=subprocess.STDOUT)
-    try:
+class ServerProcess:
+    """One clickhouse-server on fixed ports and a data dir, which can be stopped and started again."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tcp_port, self.http_port, self.interserver_port = _free_ports(3)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str) -> str:
+        return f"clickhouse://127.0.0.1:{self.tcp_port}/{database}"
+
+    def start(self) -> None:
+        cmd = server_command(self.data_dir, self.tcp_port, self.http_port, self.interserver_port)
+        with open(self.data_dir / "stdout", "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.data_dir, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(tcp_port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = data_dir / "err"
+        while not _answers(self.tcp_port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.data_dir / "err"
                 tail = err.read_text(errors="replace")[-2000:] if err.exists() else ""
                 raise RuntimeError(
-                    f"clickhouse-server did not answer on port {tcp_port} (exit code {proc.poll()}): "
+                    f"clickhouse-server did not answer on port {self.tcp_port} "
+                    f"(exit code {self.proc.poll()}): "
                     f"{' '.join(cmd)}\n{tail}"
                 )
             time.sleep(0.2)
-        yield f"clickhouse://127.0.0.1:{tcp_port}/{database}"
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def running_clickhouse_server(tmp_dir: str | Path, database: str = "recallwatch_test") -> Iterator[str]:
+    """Run a server until the block exits; yields ``clickhouse://127.0.0.1:PORT/<database>``."""
+    server = ServerProcess(tmp_dir)
+    try:
+        server.start()
+        yield server.url(database)
+    finally:
+        server.stop()
