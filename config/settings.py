@@ -34,6 +34,7 @@ class KafkaSettings(BaseModel):
     rebalance_timeout_s: int = 5
     session_timeout_s: int = 6
     heartbeat_interval_s: int = 1
+    one_record_per_batch: bool = True
 
 
 class ClickHouseSettings(BaseModel):

@@ -150,8 +150,8 @@ def create_app(
         # Tansu 0.6 reports a partition's high-water mark as the last *batch's* base offset + 1,
         # and Faust's table recovery stops at the high-water mark: the tail of a multi-record
         # batch would never be recovered. One record per batch keeps the mark exact (measured:
-        # 2000 records gave 4000 = 2000 + 2000 with this, 1996 without).
-        producer_max_batch_size=1,
+        # 2000 records gave 4000 = 2000 + 2000 with this, 1996 without). Real Kafka needs none.
+        producer_max_batch_size=1 if k.one_record_per_batch else 16_384,
     )
     app.recallwatch_stats = stats  # type: ignore[attr-defined]
     events_topic = app.topic(
@@ -198,6 +198,25 @@ def create_app(
         # interval. Nothing is acked before its cell is persisted, and no cell is persisted before
         # the rows and alerts it produced are durable, so a crash anywhere replays exactly.
         pending.stream = stream
+        # The flusher is this agent's own task, not a Faust timer: Faust stops its timers before it
+        # waits for unacked events on shutdown, so a timer would leave that wait hanging forever.
+        flusher = asyncio.ensure_future(flush_forever())
+        try:
+            await consume(stream)
+        finally:
+            flusher.cancel()
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.worker.flush_interval_s)
+            try:
+                await flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the only flusher die; the next round retries
+                log.exception("flush failed")
+
+    async def consume(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
             async with flush_lock:
                 records = [
@@ -221,10 +240,6 @@ def create_app(
                 stats.rejected += len(result.dead_letters)
             if len(pending.events) >= settings.worker.flush_max_events:
                 await flush()
-
-    @app.timer(settings.worker.flush_interval_s)
-    async def flush_on_interval() -> None:
-        await flush()
 
     @app.agent(alerts_topic)
     async def notify(stream: faust.StreamT[bytes]) -> None:
