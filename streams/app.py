@@ -89,11 +89,13 @@ class FaustTableCells(MutableMapping[str, CellState]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    def persist(self, key: str, partition: int) -> None:
+    def snapshot(self, key: str) -> bytes:
+        return pickle.dumps(self[key], protocol=pickle.HIGHEST_PROTOCOL)
+
+    def persist(self, key: str, partition: int, snapshot: bytes) -> None:
         # Explicit partition: the state of a cell must live beside the cell's events so the
         # worker that owns the events recovers the state, whatever partitioner producers used.
-        state = self[key]
-        self.table.send_changelog(partition, key, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        self.table.send_changelog(partition, key, snapshot)
 
 
 @dataclass
@@ -116,10 +118,20 @@ class PendingFlush:
         self.alert_rows.extend(alert_rows)
         self.dirty.update(result.touched)
 
-    def clear(self) -> None:
-        for part in (self.events, self.event_rows, self.rate_rows, self.reject_rows, self.alert_rows):
-            part.clear()
-        self.dirty.clear()
+    def take(self) -> PendingFlush:
+        """Hand over everything pending and start afresh."""
+        taken = PendingFlush(
+            self.stream,
+            self.events,
+            self.event_rows,
+            self.rate_rows,
+            self.reject_rows,
+            self.alert_rows,
+            self.dirty,
+        )
+        self.events, self.event_rows, self.rate_rows, self.reject_rows, self.alert_rows = [], [], [], [], []
+        self.dirty = {}
+        return taken
 
 
 def create_app(
@@ -173,24 +185,31 @@ def create_app(
             )
 
     pending = PendingFlush()
-    flush_lock = asyncio.Lock()
+    process_lock = asyncio.Lock()  # guards the cells and ``pending`` while a batch is folded in
+    flush_lock = asyncio.Lock()  # one flush at a time keeps changelog writes in order
 
     async def flush() -> None:
-        """Make the accumulated outputs durable, then persist the cells, then ack their events."""
+        """Make the accumulated outputs durable, then persist the cells, then ack their events.
+
+        Only taking the pending set and snapshotting its cells holds up processing; the slow
+        writes run while new batches are folded in. Each snapshot holds exactly the events whose
+        rows this flush writes, so persisting it after those rows keeps replay exact.
+        """
         async with flush_lock:
-            if not pending.events:
-                return
-            await insert("events", pending.event_rows)
-            await insert("rates", pending.rate_rows)
-            await insert("rejects", pending.reject_rows)
-            await insert("alerts", pending.alert_rows)
-            for key, partition in pending.dirty.items():
-                cells.persist(key, partition)
-            stream = pending.stream
-            for event in pending.events:
-                await stream.ack(event)
-            log.info("flushed %d events and %d cells", len(pending.events), len(pending.dirty))
-            pending.clear()
+            async with process_lock:
+                if not pending.events:
+                    return
+                work = pending.take()
+                snapshots = {key: (partition, cells.snapshot(key)) for key, partition in work.dirty.items()}
+            await insert("events", work.event_rows)
+            await insert("rates", work.rate_rows)
+            await insert("rejects", work.reject_rows)
+            await insert("alerts", work.alert_rows)
+            for key, (partition, snapshot) in snapshots.items():
+                cells.persist(key, partition, snapshot)
+            for event in work.events:
+                await work.stream.ack(event)
+            log.info("flushed %d events and %d cells", len(work.events), len(snapshots))
 
     @app.agent(events_topic)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
@@ -218,7 +237,7 @@ def create_app(
 
     async def consume(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
-            async with flush_lock:
+            async with process_lock:
                 records = [
                     RawRecord(e.message.partition, e.message.offset, e.message.timestamp, e.message.value)
                     for e in batch
