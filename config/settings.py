@@ -35,6 +35,7 @@ class KafkaSettings(BaseModel):
     session_timeout_s: int = 6
     heartbeat_interval_s: int = 1
     one_record_per_batch: bool = True
+    fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
 
 
 class ClickHouseSettings(BaseModel):

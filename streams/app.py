@@ -23,6 +23,7 @@ from config.settings import Settings
 from core.alerts import Alert
 from core.cells import CellState
 from sinks.clickhouse import ClickHouseStore
+from streams.faust_tuning import app_with_fetch_wait
 from streams.processing import RawRecord, alert_row, process_batch
 
 log = logging.getLogger("recallwatch.worker")
@@ -145,7 +146,7 @@ def create_app(
     k = settings.kafka
     stats = stats if stats is not None else WorkerStats()
     cfg = settings.detection.to_core()
-    app = faust.App(
+    app = app_with_fetch_wait(k.fetch_max_wait_ms)(
         k.app_id,
         broker=broker_url,
         store="memory://",
