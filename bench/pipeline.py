@@ -10,7 +10,10 @@ Phase 2 (latency): a warmed worker gets events paced like the demo, with defects
 batches; for each alert, latency is the Slack call's arrival at a local Slack Web API server minus
 the producer timestamp of the event that closed the alarming bucket.
 
-    python bench/pipeline.py [--events 100000] [--latency-seconds 60]
+    python bench/pipeline.py [--events 100000] [--latency-seconds 60] [--repeat 3]
+
+Throughput figures are medians over interleaved repetitions; ``ratio`` is the median of the
+per-repetition ratios, each measured side by side.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def run_role(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def throughput(broker_url: str, bootstrap: str, n: int, tmp: str) -> dict:
+def throughput(broker_url: str, bootstrap: str, n: int, tmp: str, repeat: int) -> dict:
     from streams.producer import ensure_topics, make_producer, send_event
 
     topic = "bench.events"
@@ -145,18 +148,30 @@ def throughput(broker_url: str, bootstrap: str, n: int, tmp: str) -> dict:
     producer.flush()
     producer.close()
     n = len(events)
-    bare_json = run_role("bare", broker_url, topic, str(n), "json")
-    bare_raw = run_role("bare", broker_url, topic, str(n), "raw")
-    pipeline = run_role("pipeline", broker_url, topic, str(n), tmp)
     rate = lambda r: r["events"] / r["seconds"] if r["seconds"] > 0 else 0.0  # noqa: E731
+    runs: dict[str, list[float]] = {"json": [], "raw": [], "pipeline": [], "ratio": [], "ratio_raw": []}
+    clickhouse_events = []
+    # Interleaved repetitions: machine noise hits both sides of each ratio alike.
+    for i in range(repeat):
+        bare_json = rate(run_role("bare", broker_url, topic, str(n), "json"))
+        bare_raw = rate(run_role("bare", broker_url, topic, str(n), "raw"))
+        pipeline = run_role("pipeline", broker_url, topic, str(n), f"{tmp}/rep{i}")
+        clickhouse_events.append(pipeline["clickhouse_events"])
+        for key, value in (("json", bare_json), ("raw", bare_raw), ("pipeline", rate(pipeline))):
+            runs[key].append(value)
+        runs["ratio"].append(rate(pipeline) / bare_json)
+        runs["ratio_raw"].append(rate(pipeline) / bare_raw)
+    median = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
     return {
         "events": n,
-        "events_per_s": round(rate(pipeline), 1),
-        "bare_faust_events_per_s": round(rate(bare_json), 1),
-        "bare_faust_raw_events_per_s": round(rate(bare_raw), 1),
-        "ratio": round(rate(pipeline) / rate(bare_json), 3),
-        "ratio_vs_raw": round(rate(pipeline) / rate(bare_raw), 3),
-        "clickhouse_events": pipeline["clickhouse_events"],
+        "repeats": repeat,
+        "events_per_s": round(statistics.median(runs["pipeline"]), 1),
+        "bare_faust_events_per_s": round(statistics.median(runs["json"]), 1),
+        "bare_faust_raw_events_per_s": round(statistics.median(runs["raw"]), 1),
+        "ratio": median(runs["ratio"]),
+        "ratio_vs_raw": median(runs["ratio_raw"]),
+        "ratio_each_run": [round(r, 3) for r in runs["ratio"]],
+        "clickhouse_events": min(clickhouse_events),
     }
 
 
@@ -238,6 +253,7 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved throughput repetitions")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
@@ -253,7 +269,7 @@ def main() -> None:
     from streams.broker import running_broker
 
     with tempfile.TemporaryDirectory() as tmp, running_broker() as broker:
-        figures = throughput(broker.url, broker.bootstrap, args.events, tmp)
+        figures = throughput(broker.url, broker.bootstrap, args.events, tmp, args.repeat)
         figures.update(latency(broker.url, broker.bootstrap, args.latency_seconds, tmp))
     figures["cpu_count"] = os.cpu_count()
     print(json.dumps(figures))
