@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from core.alerts import ALL_MODES, Alert, alert_id_for
 from core.config import DetectionConfig
@@ -274,15 +273,3 @@ class CellState:
             sub.history.extend([0] * min(len(self.exposure_history), cfg.history_buckets))
             self.subcells[failure_mode] = sub
         return sub
-
-
-def summary(state: CellState) -> dict[str, Any]:
-    """A small JSON-able view of a cell, for logs and the API."""
-    return {
-        "model": state.model,
-        "batch": state.batch,
-        "units_in_field": state.units_in_field,
-        "open_bucket": state.open_bucket,
-        "failure_modes": sorted(state.subcells),
-        "open_alerts": sorted(s.episode.alert_id for s in state.subcells.values() if s.episode),
-    }
