@@ -9,8 +9,10 @@ Sinks that are down are retried with backoff: an outage delays delivery, it neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pickle
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -20,11 +22,12 @@ import faust
 import orjson
 
 from config.settings import Settings
-from core.alerts import Alert
 from core.cells import CellState
 from sinks.clickhouse import ClickHouseStore
+from sinks.slack import ConsoleNotifier
 from streams.faust_tuning import app_with_fetch_wait
-from streams.processing import RawRecord, alert_row, process_batch
+from streams.processing import RawRecord, alert_row, decode_alert, process_batch
+from streams.records import Rejection
 
 log = logging.getLogger("recallwatch.worker")
 T = TypeVar("T")
@@ -175,6 +178,7 @@ def create_app(
     cell_table = app.Table("cells", default=None, partitions=k.partitions, key_type=str, value_type=bytes)
     deliveries = app.Table("alert-deliveries", default=None, key_type=str)
     cells = FaustTableCells(cell_table)
+    console = ConsoleNotifier(stream=sys.stderr, now=clock)
     retry_s = (settings.clickhouse.retry_initial_s, settings.clickhouse.retry_max_s)
 
     async def insert(table: str, rows: list[dict[str, Any]]) -> None:
@@ -264,10 +268,18 @@ def create_app(
     @app.agent(alerts_topic)
     async def notify(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
-            alert = Alert.from_dict(orjson.loads(raw))
+            alert = decode_alert(raw)
+            if isinstance(alert, Rejection):
+                log.error("ignoring a message on %s: %s", k.alerts_topic, alert.reason)
+                continue
             if deliveries.get(alert.alert_id) is not None:
                 continue  # already delivered before a crash replayed it
-            result = await notifier.notify(alert)
+            try:
+                result = await notifier.notify(alert)
+            except Exception as exc:  # a notifier bug must not stop alerting: log it and go on
+                log.exception("notifier failed for alert %s", alert.alert_id)
+                result = await console.notify(alert)
+                result = dataclasses.replace(result, status="failed", detail=f"notifier error: {exc}"[:500])
             row = {
                 "alert_id": alert.alert_id,
                 "channel": result.channel,

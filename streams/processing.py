@@ -13,6 +13,8 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import orjson
+
 from core.alerts import Alert
 from core.cells import BucketOutcome, CellState, RatePoint
 from core.config import DetectionConfig
@@ -72,9 +74,18 @@ def reject_row(topic: str, record: RawRecord, reason: str, rejected_at: float) -
     }
 
 
-def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
-    import orjson
+def decode_alert(payload: bytes | None) -> Alert | Rejection:
+    """An alert message back into an :class:`Alert`; never raises on a bad message."""
+    try:
+        data = orjson.loads(payload or b"")
+        if not isinstance(data, dict):
+            return Rejection("alert message is not a JSON object", payload or b"")
+        return Alert.from_dict(data)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        return Rejection(f"not an alert: {exc}", payload or b"")
 
+
+def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
     row = alert.to_dict()
     row["opened_at"] = int(alert.opened_at)
     row["detector_params"] = orjson.dumps(alert.detector_params, option=orjson.OPT_SORT_KEYS).decode()

@@ -93,3 +93,16 @@ def test_the_injected_defect_alerts_and_nothing_else_does():
     ]
     clean = run_batches(records_for(120, seed=3, defect=False), {})
     assert not [a for r in clean for a in r.alerts]
+
+
+def test_alert_messages_decode_and_garbage_is_a_rejection_not_a_crash():
+    from core.alerts import Alert
+    from streams.processing import decode_alert
+    from streams.records import Rejection
+
+    results = run_batches(records_for(60), {})
+    alert = next(a for r in results for a in r.alerts)
+    assert decode_alert(orjson.dumps(alert.to_dict())) == alert
+    for bad in (b"", b"{", b"[]", b'{"alert_id": "x"}', None):
+        assert isinstance(decode_alert(bad), Rejection)
+    assert isinstance(decode_alert(orjson.dumps(alert.to_dict())), Alert)
