@@ -28,3 +28,23 @@ def test_the_worker_consumer_long_polls_at_most_the_configured_wait(monkeypatch)
 def test_each_app_class_keeps_its_own_wait():
     assert app_with_fetch_wait(50).consumer_thread_class.fetch_max_wait_ms == 50
     assert app_with_fetch_wait(900).consumer_thread_class.fetch_max_wait_ms == 900
+
+
+def test_partitions_without_a_commit_are_rewound_to_the_beginning():
+    import asyncio
+
+    from streams.faust_tuning import seek_to_committed_or_beginning
+
+    class Consumer:
+        rewound: tuple[str, ...] = ()
+
+        async def seek_to_committed(self):
+            return {"never-committed": None, "committed-zero": 0, "committed": 42}
+
+        async def seek_to_beginning(self, *partitions):
+            self.rewound = partitions
+
+    consumer = Consumer()
+    offsets = asyncio.run(seek_to_committed_or_beginning(consumer))
+    assert offsets["committed"] == 42
+    assert set(consumer.rewound) == {"never-committed", "committed-zero"}
