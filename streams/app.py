@@ -1,7 +1,8 @@
 """The Faust worker: agents that decode, call the core, and emit.
 
-``ingest`` takes batches from the events topic, folds them into per-cell state (a Faust table whose
-changelog partition is the source partition), writes rows and alerts, then persists state and acks.
+``ingest`` takes small batches from the events topic, folds them into per-cell state (a Faust table
+whose changelog partition is the source partition) and sends alerts at once; every flush interval it
+writes the rows, then persists the touched cells, then acks their events.
 ``notify`` posts each alert once to Slack (or the console) and records the delivery.
 Sinks that are down are retried with backoff: an outage delays delivery, it never drops data.
 """
@@ -214,7 +215,15 @@ def create_app(
                 cells.persist(key, partition, snapshot)
             for event in work.events:
                 await work.stream.ack(event)
-            log.info("flushed %d events and %d cells", len(work.events), len(snapshots))
+            last: dict[int, int] = {}
+            for event in work.events:
+                last[event.message.partition] = max(
+                    event.message.offset, last.get(event.message.partition, -1)
+                )
+            # Per-partition high offsets make a gap in processing visible in the logs.
+            log.info(
+                "flushed %d events and %d cells; last offsets %s", len(work.events), len(snapshots), last
+            )
 
     @app.agent(events_topic)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
