@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_DETECTORS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -26,7 +26,6 @@ class DetectionConfig:
     max_catchup_buckets: int = 400
     backfill_buckets: int = 60
     version: str = "dev"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.bucket_s <= 0:
