@@ -222,6 +222,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recallwatch.registry_import import import_files
+    from sinks.clickhouse import open_store
+    from sinks.registry_store import RegistryStore
+
+    settings = _settings(args)
+    missing = [p for p in args.files if not Path(p).is_file()]
+    if missing:
+        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
+    try:
+        store.migrate()
+        report = import_files(
+            [Path(p) for p in args.files], RegistryStore(store), now=int(time.time()), progress=not args.quiet
+        )
+    finally:
+        store.close()
+    for f in report.files:
+        if f.error:
+            print(f"{f.path}: not imported: {f.error}", file=sys.stderr)
+        for line, reason in f.rejects:
+            print(f"{f.path}:{line}: rejected: {reason}", file=sys.stderr)
+        if f.rejected > len(f.rejects):
+            print(f"{f.path}: ... and {f.rejected - len(f.rejects)} more rejected rows", file=sys.stderr)
+    summary = report.as_dict()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"loaded {report.loaded} units, rejected {report.rejected} rows"
+            f" in {summary['seconds']} s ({summary['units_per_s']} units/s);"
+            " rejected rows are kept in the rejects table (topic 'import')"
+        )
+    return 1 if any(f.error for f in report.files) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recallwatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-defect", action="store_true")
     sim.add_argument("--defect", choices=("batch", "lot"), default="batch")
     sim.set_defaults(func=cmd_simulate)
+    registry = sub.add_parser("registry", help="traceability registry").add_subparsers(
+        dest="registry_command", required=True
+    )
+    imp = registry.add_parser("import", help="load CSV/Parquet exports of units (ERP/MES/CRM)")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_registry_import)
     return parser
 
 

@@ -58,6 +58,7 @@ class ClickHouseStore(Protocol):
 
     def migrate(self) -> int: ...
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
+    def insert_arrow(self, table: str, data: Any) -> int: ...
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
@@ -225,6 +226,22 @@ class ChdbStore:
         self._run(head + b"\n".join(lines).decode())
         return len(rows)
 
+    def insert_arrow(self, table: str, data: Any) -> int:
+        """Insert a pyarrow Table column-wise (chdb reads it in place: no JSON, no row objects)."""
+        if data.num_rows == 0:
+            return 0
+        cols = ", ".join(_ident(c) for c in data.schema.names)
+        arrow_rows = data  # noqa: F841 -- chdb's Python() table function finds it by this name
+        sql = f"INSERT INTO {_ident(table)} ({cols}) SELECT {cols} FROM Python(arrow_rows)"
+        with self._lock:
+            if self._session is None:
+                raise ClickHouseError("store is closed")
+            try:
+                self._session.query(sql, "CSV")
+            except Exception as exc:
+                raise ClickHouseError(str(exc)) from exc
+        return int(data.num_rows)
+
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         data = self._run(render_sql(sql, params), "JSONCompactEachRowWithNamesAndTypes")
         if not data:  # DDL, INSERT, SET: nothing comes back
@@ -325,6 +342,15 @@ class ServerStore:
         data = [tuple(_insert_value(row[c]) for c in cols) for row in rows]
         self._execute(f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) VALUES", data)
         return len(rows)
+
+    def insert_arrow(self, table: str, data: Any) -> int:
+        """Insert a pyarrow Table; the driver sends it column-wise."""
+        if data.num_rows == 0:
+            return 0
+        cols = ", ".join(_ident(c) for c in data.schema.names)
+        columns = [data.column(c).to_pylist() for c in data.schema.names]
+        self._execute(f"INSERT INTO {_ident(table)} ({cols}) VALUES", columns, columnar=True)
+        return int(data.num_rows)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         import pytz

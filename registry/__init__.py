@@ -1,0 +1,1 @@
+"""The traceability domain: units, serial ranges and recall scopes. Plain Python, no database."""

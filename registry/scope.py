@@ -1,0 +1,81 @@
+"""A recall scope: which units a defect (or a campaign) covers, as a query over the registry.
+
+Every criterion narrows the scope (criteria are ANDed; values inside one list are ORed). A scope with
+no criterion at all is refused: "every unit ever made" is never what a quality engineer means, and a
+typo in a field name must not silently widen a recall, so unknown fields are refused too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Names = Annotated[list[Name], Field(min_length=1, max_length=10_000)]
+LIST_FIELDS = ("models", "batches", "lines", "plants", "supplier_lots", "regions", "channels", "stores")
+RANGE_FIELDS = (("produced_from", "produced_to"), ("shipped_from", "shipped_to"))
+
+
+class Scope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: Names | None = None
+    batches: Names | None = None
+    lines: Names | None = None
+    plants: Names | None = None
+    supplier_lots: Names | None = None
+    regions: Names | None = None
+    channels: Names | None = None
+    stores: Names | None = None
+    # A date means the whole day (UTC): produced_to=2024-03-31 includes units made that evening.
+    produced_from: date | datetime | None = None
+    produced_to: date | datetime | None = None
+    shipped_from: date | datetime | None = None
+    shipped_to: date | datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model(cls, data: Any) -> Any:
+        # `"model": "X"` is how people say it; it means the same as `"models": ["X"]`.
+        if isinstance(data, dict) and "model" in data:
+            data = dict(data)
+            model = data.pop("model")
+            if not isinstance(model, str):
+                raise ValueError("model must be a string (use models for a list)")
+            data["models"] = [*(data.get("models") or []), model]
+        return data
+
+    @model_validator(mode="after")
+    def _not_empty_and_ordered(self) -> Scope:
+        if not any(getattr(self, f) is not None for f in (*LIST_FIELDS, *sum(RANGE_FIELDS, ()))):
+            raise ValueError(
+                "empty scope: give at least one of " + ", ".join((*LIST_FIELDS, *sum(RANGE_FIELDS, ())))
+            )
+        for low, high in RANGE_FIELDS:
+            lo, hi = self.bounds(low, high)
+            if lo is not None and hi is not None and lo >= hi:
+                raise ValueError(f"{low} is after {high}")
+        return self
+
+    def bounds(self, low: str, high: str) -> tuple[int | None, int | None]:
+        """Half-open [from, to) epoch-second bounds of a range criterion (None = open end)."""
+        return _epoch(getattr(self, low), end=False), _epoch(getattr(self, high), end=True)
+
+    def criteria(self) -> dict[str, Any]:
+        """The criteria that were given, for echoing back and for audit."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _epoch(value: datetime | date | None, *, end: bool) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetimes in a scope need a timezone (or give a plain date)")
+        return int(value.timestamp())
+    day = datetime.combine(value, time(), tzinfo=UTC)
+    if end:
+        day += timedelta(days=1)
+    return int(day.timestamp())

@@ -1,0 +1,312 @@
+"""The traceability registry on ClickHouse: import merges, unit lookups and scope resolution.
+
+One SQL dialect for both back ends (chdb 26.9 and the 18.16 server): no CTEs, no window functions,
+no Map type, right-hand join columns renamed (``o_*``) instead of table-qualified. Rows are read with
+``FINAL`` so an update that is not merged yet still hides the row it replaced.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from registry.scope import Scope
+from registry.serials import SerialRange, range_of
+from registry.units import CONTACT_FIELDS, TIME_FIELDS
+from sinks.clickhouse import ClickHouseStore
+
+STORED_FIELDS = (
+    "model", "batch", "line", "plant", "produced_at", "lot_components", "lot_ids",
+    "shipped_at", "channel", "distributor", "retailer", "store", "region", "city", "sold_at",
+    "customer_id", "customer_phone", "customer_email", "member_id", "contact_consent",
+)  # fmt: skip
+SERIAL_PARTS = ("serial_prefix", "serial_seq", "serial_width")
+IDENTITY = ("model", "batch")
+_STAGING_TYPES = {
+    "serial_seq": "UInt64",
+    "serial_width": "UInt8",
+    "lot_components": "Array(String)",
+    "lot_ids": "Array(String)",
+    "contact_consent": "UInt8",
+    "source_line": "UInt64",
+    **{t: "DateTime" for t in TIME_FIELDS},
+}
+# Column a version's low 32 bits carry: later lines of one import win over earlier ones.
+_VERSION_SHIFT = 1 << 32
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    loaded: int
+    rejects: list[tuple[int, str]]
+
+
+def version_base(now: int) -> int:
+    """Versions are ``now << 32 | line``: newer imports win; within one, the later line wins."""
+    return int(now) * _VERSION_SHIFT
+
+
+class RegistryStore:
+    def __init__(self, store: ClickHouseStore) -> None:
+        self.store = store
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def merge(self, rows: pa.Table, *, source: str, now: int) -> MergeResult:
+        """Upsert validated rows (from :func:`registry.tabular.validate_batch`).
+
+        Columns the file has replace the stored values; columns it lacks keep them, so an ERP, an MES
+        and a CRM export can each be imported on their own. Empty model/batch keep the stored value,
+        and a serial the registry has never seen needs both (else the row is rejected).
+        """
+        if rows.num_rows == 0:
+            return MergeResult(0, [])
+        staging = f"units_staging_{uuid.uuid4().hex[:12]}"
+        cols = rows.schema.names
+        ddl = ", ".join(f"`{c}` {_STAGING_TYPES.get(c, 'String')}" for c in cols)
+        self.store.query(f"CREATE TABLE {staging} ({ddl}) ENGINE = Memory")
+        try:
+            self.store.insert_arrow(staging, rows)
+            return self._merge_from(staging, set(cols), source, now)
+        finally:
+            self.store.query(f"DROP TABLE IF EXISTS {staging}")
+
+    def _merge_from(self, staging: str, cols: set[str], source: str, now: int) -> MergeResult:
+        old = ", ".join(f"{c} AS o_{c}" for c in STORED_FIELDS)
+        joined = (
+            f"{staging} ANY LEFT JOIN (SELECT serial, {old} FROM units FINAL"
+            f" WHERE serial IN (SELECT serial FROM {staging})) AS old USING serial"
+        )
+        expr = {c: _merged(c, cols) for c in STORED_FIELDS}
+        complete = f"({expr['model']}) != '' AND ({expr['batch']}) != ''"
+        rejects: list[tuple[int, str]] = []
+        if self._may_lack_identity(staging, cols):
+            missing = self.store.query(
+                f"SELECT source_line FROM {joined} WHERE NOT ({complete}) ORDER BY source_line"
+            )
+            reason = "unknown serial: a new unit needs model and batch"
+            rejects = [(int(r["source_line"]), reason) for r in missing]
+        params = {"source": source, "now": int(now), "base": version_base(now)}
+        select = ", ".join(
+            ["serial", *SERIAL_PARTS, *(expr[c] for c in STORED_FIELDS),
+             "{source}", "toDateTime({now})", "{base} + source_line"]
+        )  # fmt: skip
+        names = ", ".join(["serial", *SERIAL_PARTS, *STORED_FIELDS, "source", "updated_at", "version"])
+        self.store.query(
+            f"INSERT INTO units ({names}) SELECT {select} FROM {joined} WHERE {complete}", params
+        )
+        if "lot_ids" in cols:
+            self.store.query(
+                "INSERT INTO unit_lots (lot, component, serial, version)"
+                f" SELECT lot, component, serial, {{base}} + source_line FROM {staging}"
+                " ARRAY JOIN lot_ids AS lot, lot_components AS component",
+                params,
+            )
+        total = int(self.store.query(f"SELECT count() AS n FROM {staging}")[0]["n"])
+        return MergeResult(total - len(rejects), rejects)
+
+    def _may_lack_identity(self, staging: str, cols: set[str]) -> bool:
+        if IDENTITY[0] not in cols or IDENTITY[1] not in cols:
+            return True
+        row = self.store.query(f"SELECT count() AS n FROM {staging} WHERE model = '' OR batch = ''")
+        return int(row[0]["n"]) > 0
+
+    def put_units(self, rows: Sequence[dict[str, Any]], *, source: str, now: int) -> None:
+        """Write whole unit rows (already merged by the caller), e.g. from registry events."""
+        if not rows:
+            return
+        base = version_base(now)
+        full = [
+            {**r, "source": source, "updated_at": int(now), "version": base + i} for i, r in enumerate(rows)
+        ]
+        self.store.insert("units", full)
+        lots = [
+            {"lot": lot, "component": comp, "serial": r["serial"], "version": r["version"]}
+            for r in full
+            for comp, lot in zip(r["lot_components"], r["lot_ids"], strict=True)
+        ]
+        if lots:
+            self.store.insert("unit_lots", lots)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def units_by_serial(self, serials: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not serials:
+            return {}
+        rows = self.store.query(
+            f"SELECT serial, {', '.join((*SERIAL_PARTS, *STORED_FIELDS))} FROM units FINAL"
+            " WHERE has({serials}, serial)",
+            {"serials": list(serials)},
+        )
+        return {r["serial"]: r for r in rows}
+
+    def unit(self, serial: str) -> dict[str, Any] | None:
+        rows = self.store.query(
+            f"SELECT serial, {', '.join(STORED_FIELDS)}, updated_at FROM units FINAL WHERE serial = {{s}}",
+            {"s": serial},
+        )
+        return rows[0] if rows else None
+
+    def history(self, model: str, batch: str, serial: str) -> list[dict[str, Any]]:
+        return self.store.query(
+            "SELECT event_id, kind, occurred_at, failure_mode, component, crash, fire, injury, region"
+            " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}"
+            " ORDER BY occurred_at, event_id",
+            {"m": model, "b": batch, "s": serial},
+        )
+
+    def cell_alerts(self, model: str, batch: str) -> list[dict[str, Any]]:
+        return self.store.query(
+            "SELECT alert_id, opened_at, failure_mode, detector, score FROM alerts FINAL"
+            " WHERE model = {m} AND batch = {b} ORDER BY opened_at DESC, alert_id",
+            {"m": model, "b": batch},
+        )
+
+    def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
+        """Size, serial ranges, breakdowns and reachable customers of a scope."""
+        where, params = scope_sql(scope)
+        # One statement, four small answers. (The 18.16 server's sumMap takes numeric keys only.)
+        parts = [
+            f"SELECT '{dim}' AS dim, groupArray(k) AS keys, groupArray(n) AS counts FROM"
+            f" (SELECT {dim} AS k, count() AS n FROM units FINAL WHERE {where} GROUP BY k)"
+            for dim in ("region", "channel", "store")
+        ]
+        parts.append(
+            "SELECT 'total' AS dim, ['units', 'reachable'] AS keys, [count(),"
+            " countIf(contact_consent = 1 AND (customer_phone != '' OR customer_email != ''))] AS counts"
+            f" FROM units FINAL WHERE {where}"
+        )
+        answer = {
+            r["dim"]: _counts(r["keys"], r["counts"])
+            for r in self.store.query(" UNION ALL ".join(parts), params)
+        }
+        ranges = self.ranges(where, params, limit=max_ranges + 1)
+        return {
+            "units": answer["total"]["units"],
+            "reachable_customers": answer["total"]["reachable"],
+            "ranges": [r.as_dict() for r in ranges[:max_ranges]],
+            "ranges_truncated": len(ranges) > max_ranges,
+            "by_region": answer["region"],
+            "by_channel": answer["channel"],
+            "by_store": answer["store"],
+        }
+
+    def ranges(self, where: str, params: dict[str, Any], *, limit: int) -> list[SerialRange]:
+        # Sorted sequence numbers minus their rank are constant along a run of consecutive serials.
+        rows = self.store.query(
+            "SELECT p, w, min(q) AS first, max(q) AS last FROM ("
+            " SELECT p, w, q, k FROM ("
+            "  SELECT serial_prefix AS p, serial_width AS w, arraySort(groupUniqArray(serial_seq)) AS s,"
+            "   arrayMap((x, i) -> toInt64(x) - i, s, arrayEnumerate(s)) AS ks"
+            f"  FROM units FINAL WHERE {where} GROUP BY p, w"
+            " ) ARRAY JOIN s AS q, ks AS k"
+            ") GROUP BY p, w, k ORDER BY w = 0, p, w, first LIMIT {limit}",
+            {**params, "limit": limit},
+        )
+        out = []
+        for r in rows:
+            if r["w"] == 0:  # opaque: listed one by one under its full serial
+                out.append(SerialRange("", r["p"], r["p"], 1))
+            else:
+                out.append(range_of(r["p"], int(r["w"]), int(r["first"]), int(r["last"])))
+        return out
+
+    def iter_units(
+        self, scope: Scope, *, contacts: bool, page: int = 50_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every unit of a scope, in serial order, a page at a time (keyset paging: any size)."""
+        where, params = scope_sql(scope)
+        fields = [f for f in STORED_FIELDS if contacts or f not in CONTACT_FIELDS]
+        after = ""
+        while True:
+            rows = self.store.query(
+                f"SELECT serial, {', '.join(fields)} FROM units FINAL WHERE {where} AND serial > {{after}}"
+                " ORDER BY serial LIMIT {page}",
+                {**params, "after": after, "page": page},
+            )
+            if not rows:
+                return
+            yield rows
+            if len(rows) < page:
+                return
+            after = rows[-1]["serial"]
+
+    def units_in_field(self, model: str, batch: str, at: int) -> int:
+        """Units of a (model, batch) shipped by ``at``: the registry's rate denominator."""
+        row = self.store.query(
+            "SELECT count() AS n FROM units FINAL WHERE model = {m} AND batch = {b}"
+            " AND shipped_at > 0 AND shipped_at <= {at}",
+            {"m": model, "b": batch, "at": int(at)},
+        )
+        return int(row[0]["n"])
+
+    def shipped_by_day(self, cells: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+        """Cumulative units shipped per (model, batch) at the end of each shipping day."""
+        where = "shipped_at > 0"
+        params: dict[str, Any] = {}
+        if cells is not None:
+            if not cells:
+                return []
+            where += " AND has({keys}, concat(model, '|', batch))"
+            params["keys"] = [f"{m}|{b}" for m, b in cells]
+        rows = self.store.query(
+            "SELECT model, batch, toUInt32(toStartOfDay(shipped_at)) AS day, count() AS n"
+            f" FROM units FINAL WHERE {where} GROUP BY model, batch, day ORDER BY model, batch, day",
+            params,
+        )
+        total: dict[tuple[str, str], int] = {}
+        out = []
+        for r in rows:
+            key = (r["model"], r["batch"])
+            total[key] = total.get(key, 0) + int(r["n"])
+            out.append({"model": key[0], "batch": key[1], "day": int(r["day"]), "units": total[key]})
+        return out
+
+
+def _merged(col: str, present: set[str]) -> str:
+    if col not in present:
+        return f"o_{col}"
+    if col in IDENTITY:
+        return f"if({col} != '', {col}, o_{col})"
+    return col
+
+
+def _counts(keys: list[Any], values: list[Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(zip(keys, values, strict=True), key=lambda kv: -int(kv[1]))}
+
+
+def scope_sql(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (over ``units``) and its parameters for a scope."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for field, column in (
+        ("models", "model"), ("batches", "batch"), ("lines", "line"), ("plants", "plant"),
+        ("regions", "region"), ("channels", "channel"), ("stores", "store"),
+    ):  # fmt: skip
+        values = getattr(scope, field)
+        if values is not None:
+            params[field] = list(values)
+            clauses.append(f"has({{{field}}}, {column})")
+    if scope.supplier_lots is not None:
+        params["lots"] = list(scope.supplier_lots)
+        # The lot index narrows to candidate serials; hasAny re-checks the unit's current lots.
+        clauses.append("serial IN (SELECT serial FROM unit_lots WHERE has({lots}, lot))")
+        clauses.append("hasAny(lot_ids, {lots})")
+    for low, high, column in (
+        ("produced_from", "produced_to", "produced_at"),
+        ("shipped_from", "shipped_to", "shipped_at"),
+    ):
+        lo, hi = scope.bounds(low, high)
+        if lo is not None:
+            params[low] = lo
+            clauses.append(f"{column} >= toDateTime({{{low}}})")
+        if hi is not None:
+            params[high] = hi
+            clauses.append(f"{column} < toDateTime({{{high}}})")
+            if column == "shipped_at":
+                clauses.append("shipped_at > 0")  # 0 = not shipped, never "shipped long ago"
+    return " AND ".join(clauses), params

@@ -1,0 +1,139 @@
+"""The registry on both ClickHouse back ends: import merges, rejects, lookups and scope resolution."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from recallwatch.registry_import import import_files
+from registry.scope import Scope
+from registry.serials import compress_serials
+from sinks.clickhouse import ClickHouseStore
+from sinks.registry_store import RegistryStore
+
+pytestmark = pytest.mark.integration
+NOW = 1_760_000_000
+
+MES_COLUMNS = ["serial", "model", "batch", "line", "plant", "produced_at", "supplier_lots"]
+
+
+def write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(rows)
+    return path
+
+
+def mes_rows() -> list[list[str]]:
+    """Model A: batch A1 = A-000001..A-000010, batch A2 = A-000011..A-000020 except a gap at 15.
+    Model B shares battery lot BAT-7 with A's batch A2. Two opaque serials in model C."""
+    rows = []
+    for i in range(1, 21):
+        if i == 15:
+            continue
+        batch, lot = ("A1", "BAT-1") if i <= 10 else ("A2", "BAT-7")
+        rows.append(
+            [f"A-{i:06d}", "A", batch, "L1", "P1", f"2024-01-{i:02d}", f"battery={lot};motor=M-{i % 2}"]
+        )
+    for i in range(1, 6):
+        rows.append([f"B-{i:04d}", "B", "B1", "L2", "P2", f"2024-02-{i:02d}T08:00:00Z", "battery=BAT-7"])
+    rows.append(["C-ALPHA", "C", "C1", "L3", "P1", "2024-03-01", ""])
+    rows.append(["C-BRAVO", "C", "C1", "L3", "P1", "2024-03-02", ""])
+    return rows
+
+
+@pytest.fixture
+def registry(store: ClickHouseStore) -> RegistryStore:
+    return RegistryStore(store)
+
+
+def test_import_merge_rejects_and_reimport(registry: RegistryStore, tmp_path: Path) -> None:
+    rows = mes_rows()
+    rows.append(["", "A", "A1", "L1", "P1", "2024-01-01", ""])  # line 28: no serial
+    rows.append(["A-000099", "A", "A1", "L1", "P1", "2024-02-30", ""])  # line 29: no such day
+    rows.append(["A-000098", "A", "A1", "L1", "P1", "2024-01-01", "battery"])  # line 30: bad lots
+    mes = write_csv(tmp_path / "mes.csv", MES_COLUMNS, rows)
+    report = import_files([mes], registry, now=NOW, progress=False)
+    assert (report.loaded, report.rejected) == (26, 3)
+    assert [line for line, _ in report.files[0].rejects] == [28, 29, 30]
+    assert "serial is empty" in report.files[0].rejects[0][1]
+    kept = registry.store.query(
+        "SELECT offset, reason FROM rejects FINAL WHERE topic = 'import' ORDER BY offset"
+    )
+    assert [r["offset"] for r in kept] == [28, 29, 30]
+    assert kept[1]["reason"].startswith(f"{mes}:29: produced_at")
+
+    # Same file again: updated in place, never duplicated (and rejects not piled up either).
+    import_files([mes], registry, now=NOW + 60, progress=False)
+    assert registry.store.query("SELECT count() AS n FROM units FINAL")[0]["n"] == 26
+    assert registry.store.query("SELECT count() AS n FROM rejects FINAL")[0]["n"] == 3
+
+    # A CRM export touches only its columns; an unknown serial cannot be created from it.
+    crm = write_csv(
+        tmp_path / "crm.csv",
+        ["serial", "customer_id", "customer_email", "contact_consent"],
+        [["A-000003", "C-9", "ann@example.com", "yes"], ["Z-000001", "C-10", "", "no"]],
+    )
+    report = import_files([crm], registry, now=NOW + 120, progress=False)
+    assert (report.loaded, report.rejected) == (1, 1)
+    assert report.files[0].rejects == [(3, "unknown serial: a new unit needs model and batch")]
+    unit = registry.unit("A-000003")
+    assert unit is not None
+    assert (unit["model"], unit["batch"], unit["plant"]) == ("A", "A1", "P1")
+    assert unit["lot_ids"] == ["BAT-1", "M-1"]
+    assert (unit["customer_email"], unit["contact_consent"]) == ("ann@example.com", 1)
+
+
+def test_resolve_ranges_breakdowns_and_lots(registry: RegistryStore, tmp_path: Path) -> None:
+    import_files(
+        [write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())], registry, now=NOW, progress=False
+    )
+    erp = write_csv(
+        tmp_path / "erp.csv",
+        ["serial", "shipped_at", "channel", "store", "region"],
+        [
+            [
+                f"A-{i:06d}",
+                "2024-04-01",
+                "retail" if i % 2 else "online",
+                f"S{i % 3}",
+                "EU" if i < 12 else "US",
+            ]
+            for i in range(11, 21)
+            if i != 15
+        ],
+    )
+    import_files([erp], registry, now=NOW + 1, progress=False)
+
+    lot = registry.resolve(Scope(supplier_lots=["BAT-7"]))
+    assert lot["units"] == 9 + 5  # A2 without the gap, and all of model B: across models
+    assert lot["ranges"] == [
+        {"prefix": "A-", "first": "A-000011", "last": "A-000014", "count": 4},
+        {"prefix": "A-", "first": "A-000016", "last": "A-000020", "count": 5},
+        {"prefix": "B-", "first": "B-0001", "last": "B-0005", "count": 5},
+    ]
+    serials = [f"A-{i:06d}" for i in range(11, 21) if i != 15] + [f"B-{i:04d}" for i in range(1, 6)]
+    assert lot["ranges"] == [r.as_dict() for r in compress_serials(serials)]
+    assert lot["by_region"] == {"US": 8, "": 5, "EU": 1}
+    assert lot["by_channel"] == {"": 5, "online": 5, "retail": 4}
+
+    opaque = registry.resolve(Scope(models=["C"]))
+    assert opaque["ranges"] == [
+        {"prefix": "", "first": "C-ALPHA", "last": "C-ALPHA", "count": 1},
+        {"prefix": "", "first": "C-BRAVO", "last": "C-BRAVO", "count": 1},
+    ]
+    dated = registry.resolve(Scope(models=["A"], produced_from="2024-01-05", produced_to="2024-01-12"))
+    assert dated["units"] == 8
+    shipped = registry.resolve(Scope(shipped_from="2024-04-01", shipped_to="2024-04-01", regions=["EU"]))
+    assert shipped["units"] == 1
+    assert registry.resolve(Scope(batches=["nope"]))["units"] == 0
+    truncated = registry.resolve(Scope(models=["A"]), max_ranges=1)
+    assert truncated["ranges_truncated"] and len(truncated["ranges"]) == 1
+
+    pages = list(registry.iter_units(Scope(models=["A", "B"]), contacts=False, page=7))
+    assert [len(p) for p in pages] == [7, 7, 7, 3]
+    assert "customer_email" not in pages[0][0]
+    assert registry.units_in_field("A", "A2", at=NOW) == 9
