@@ -5,22 +5,34 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
+from api.auth import role_dependency
+from api.registry_routes import registry_router
+from core.access import AccessPolicy
 from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
+from sinks.registry_store import RegistryStore
 from sinks.schema import row_counts
 
 NAME = Annotated[str, Query(min_length=1, max_length=128)]
 
 
-def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000") -> FastAPI:
+def create_api(
+    store: ClickHouseStore,
+    public_url: str = "http://127.0.0.1:8000",
+    policy: AccessPolicy | None = None,
+) -> FastAPI:
+    policy = policy or AccessPolicy()
+    caller_role = role_dependency(policy)
     api = FastAPI(
         title="RecallWatch",
         version="0.1.0",
-        description="Early warning and recall management: rates, alerts and (later) cases and campaigns.",
+        description="Early warning and recall management: rates, alerts, traceability and scopes.",
     )
+    # Every /v1 route needs a role: a key's, or the anonymous role when the policy allows it.
+    secured = [Depends(caller_role)]
 
     @api.exception_handler(ClickHouseUnavailable)
     async def _store_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
@@ -31,11 +43,11 @@ def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000"
     def health() -> dict[str, Any]:
         return {"status": "ok", "clickhouse": store.backend, "time": time.time()}
 
-    @api.get("/v1/stats")
+    @api.get("/v1/stats", dependencies=secured)
     def stats() -> dict[str, Any]:
         return {"clickhouse_rows": row_counts(store)}
 
-    @api.get("/v1/rates")
+    @api.get("/v1/rates", dependencies=secured)
     def rates(
         model: NAME,
         batch: NAME,
@@ -57,7 +69,7 @@ def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000"
         points = store.query(sql, params)
         return {"model": model, "batch": batch, "failure_mode": failure_mode, "points": points}
 
-    @api.get("/v1/alerts")
+    @api.get("/v1/alerts", dependencies=secured)
     def alerts(
         model: Annotated[str | None, Query(max_length=128)] = None,
         batch: Annotated[str | None, Query(max_length=128)] = None,
@@ -75,7 +87,7 @@ def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000"
         rows = store.query(sql, params)
         return {"alerts": [_with_link(r, public_url) for r in rows]}
 
-    @api.get("/v1/alerts/{alert_id}")
+    @api.get("/v1/alerts/{alert_id}", dependencies=secured)
     def alert(alert_id: str) -> dict[str, Any]:
         if not alert_id.isalnum() or len(alert_id) > 64:
             raise HTTPException(status_code=422, detail="alert_id must be alphanumeric")
@@ -88,6 +100,7 @@ def create_api(store: ClickHouseStore, public_url: str = "http://127.0.0.1:8000"
         )
         return {**_with_link(rows[0], public_url), "deliveries": deliveries}
 
+    api.include_router(registry_router(RegistryStore(store), policy, caller_role))
     return api
 
 

@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from core.access import AccessPolicy
 from core.config import DetectionConfig
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
@@ -58,6 +59,17 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = "http://127.0.0.1:8000"
+    # API key -> role. Secrets: set from the environment only (RW_API__KEYS as a JSON object).
+    keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    anonymous_role: str = "viewer"  # "" = every request needs a key
+    contact_roles: list[str] = Field(default_factory=lambda: ["operations", "admin"])
+
+    def access_policy(self) -> AccessPolicy:
+        return AccessPolicy(
+            keys=dict(self.keys),
+            anonymous_role=self.anonymous_role or None,
+            contact_roles=frozenset(self.contact_roles),
+        )
 
 
 class SlackSettings(BaseModel):

@@ -180,7 +180,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     try:
         store.migrate()
         uvicorn.run(
-            create_api(store, settings.api.public_url), host=settings.api.host, port=settings.api.port
+            create_api(store, settings.api.public_url, settings.api.access_policy()),
+            host=settings.api.host,
+            port=settings.api.port,
         )
     finally:
         store.close()

@@ -74,7 +74,7 @@ def infrastructure(settings: Settings) -> Iterator[Stack]:
 def serve_api_in_thread(
     settings: Settings, store: ClickHouseStore
 ) -> tuple[uvicorn.Server, threading.Thread]:
-    api = create_api(store, settings.api.public_url)
+    api = create_api(store, settings.api.public_url, settings.api.access_policy())
     server = uvicorn.Server(
         uvicorn.Config(
             api, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"

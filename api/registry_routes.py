@@ -1,0 +1,113 @@
+"""Traceability routes: backward trace (one serial) and forward trace (a scope to every unit).
+
+No `from __future__ import annotations` here: FastAPI must resolve the closure-local `Role` alias.
+"""
+
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import StreamingResponse
+
+from core.access import AccessPolicy
+from registry.scope import Scope
+from registry.units import CONTACT_FIELDS, TIME_FIELDS, format_lots
+from sinks.registry_store import STORED_FIELDS, RegistryStore
+
+_SERIAL = re.compile(r"^[^\x00-\x1f]{1,128}$")
+
+
+def registry_router(registry: RegistryStore, policy: AccessPolicy, caller_role: Any) -> APIRouter:
+    router = APIRouter()
+    Role = Annotated[str, Depends(caller_role)]
+
+    @router.get("/v1/units/{serial:path}")
+    def unit(serial: str, role: Role) -> dict[str, Any]:
+        """A unit's record, its complaint/repair/return history and what concerns it now."""
+        if not _SERIAL.match(serial):
+            raise HTTPException(status_code=422, detail="serial must be 1-128 printable characters")
+        row = registry.unit(serial)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no unit with serial {serial!r} in the registry")
+        contacts = policy.sees_contacts(role)
+        history = registry.history(row["model"], row["batch"], serial)
+        alerts = registry.cell_alerts(row["model"], row["batch"])
+        return {
+            "unit": present_unit(row, contacts=contacts),
+            "contacts_redacted": not contacts,
+            "history": history,
+            "affected": {
+                # Cases and campaigns join here when they exist; until then an open alert on the
+                # unit's (model, batch) is what a caller needs to know.
+                "status": "under investigation" if alerts else "not affected",
+                "alerts": alerts,
+                "cases": [],
+                "campaigns": [],
+                "remedy": None,
+            },
+        }
+
+    @router.post("/v1/scopes/resolve")
+    def resolve(
+        scope: Scope, role: Role, max_ranges: Annotated[int, Query(ge=1, le=100_000)] = 1000
+    ) -> dict[str, Any]:
+        """Units in scope: count, compressed serial ranges, breakdowns and reachable customers."""
+        return {"scope": scope.criteria(), **registry.resolve(scope, max_ranges=max_ranges)}
+
+    @router.post("/v1/scopes/units.csv")
+    def units_csv(scope: Scope, role: Role) -> StreamingResponse:
+        """Every unit in scope as CSV, streamed page by page (any scope size, flat memory)."""
+        contacts = policy.sees_contacts(role)
+        return StreamingResponse(
+            _csv_lines(registry, scope, contacts),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="scope-units.csv"'},
+        )
+
+    return router
+
+
+def present_unit(row: dict[str, Any], *, contacts: bool) -> dict[str, Any]:
+    """A stored row as the API shows it: lots as a mapping, times ISO (None = not yet)."""
+    out: dict[str, Any] = {"serial": row["serial"]}
+    for name in STORED_FIELDS:
+        if name in ("lot_components", "lot_ids") or (name in CONTACT_FIELDS and not contacts):
+            continue
+        value = row[name]
+        if name in TIME_FIELDS:
+            value = _iso(value)
+        elif name == "contact_consent":
+            value = bool(value)
+        out[name] = value
+    out["supplier_lots"] = dict(zip(row["lot_components"], row["lot_ids"], strict=True))
+    if "updated_at" in row:
+        out["updated_at"] = _iso(row["updated_at"])
+    return out
+
+
+def _iso(epoch: int) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z") if epoch else None
+
+
+def _csv_lines(registry: RegistryStore, scope: Scope, contacts: bool) -> Iterator[str]:
+    columns: list[str] | None = None
+    for page in registry.iter_units(scope, contacts=contacts):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        rows = []
+        for row in page:
+            shown = present_unit(row, contacts=contacts)
+            shown["supplier_lots"] = format_lots(shown["supplier_lots"])
+            rows.append(shown)
+        if columns is None:
+            columns = list(rows[0])
+            writer.writerow(columns)
+        writer.writerows([[("" if r[c] is None else r[c]) for c in columns] for r in rows])
+        yield buf.getvalue()
+    if columns is None:
+        yield "serial\n"  # an empty scope is an empty list, not an error

@@ -1,0 +1,54 @@
+"""Who may call the API and who may see personal contact data: API keys mapped to roles.
+
+Keys come from the environment (``RW_API__KEYS='{"<key>": "operations"}'``), never from files in
+the repository. Roles are ordered by what they may see; personal contact data (phone, email, member
+id) goes only to the roles listed in ``contact_roles``, because a recall needs to reach customers but
+a dashboard or a quality analysis never does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ROLES = ("viewer", "quality", "operations", "admin")
+
+
+class UnknownKey(Exception):
+    """A key was given but is not one of ours."""
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    keys: Mapping[str, str] = field(default_factory=dict)  # key -> role
+    anonymous_role: str | None = "viewer"  # None: every request needs a key
+    contact_roles: frozenset[str] = frozenset({"operations", "admin"})
+
+    def __post_init__(self) -> None:
+        roles = {*self.keys.values(), *self.contact_roles}
+        if self.anonymous_role is not None:
+            roles.add(self.anonymous_role)
+        unknown = sorted(roles - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}; roles are {list(ROLES)}")
+        if self.anonymous_role in self.contact_roles:
+            raise ValueError("anonymous callers must never see contact data")
+
+    def role_for(self, key: str | None) -> str | None:
+        """The caller's role; None if a key is required and missing. Raises UnknownKey for a bad key.
+
+        >>> policy = AccessPolicy(keys={"k-ops": "operations"}, anonymous_role=None)
+        >>> policy.role_for("k-ops"), policy.role_for(None)
+        ('operations', None)
+        """
+        if not key:
+            return self.anonymous_role
+        for known, role in self.keys.items():
+            # Constant-time comparison: response timing must not reveal how much of a key matched.
+            if hmac.compare_digest(known.encode(), key.encode()):
+                return role
+        raise UnknownKey
+
+    def sees_contacts(self, role: str | None) -> bool:
+        return role is not None and role in self.contact_roles

@@ -1,0 +1,113 @@
+"""Traceability API: backward and forward trace, 4xx for bad scopes, and the role rule for contacts."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_api
+from core.access import AccessPolicy
+from recallwatch.registry_import import import_files
+from sinks.registry_store import RegistryStore
+
+pytestmark = pytest.mark.integration
+OPS, VIEWER = {"X-API-Key": "ops-key-123"}, {"X-API-Key": "viewer-key-456"}
+COLUMNS = (
+    "serial,model,batch,line,plant,produced_at,supplier_lots,shipped_at,region,channel,store,"
+    "customer_email,contact_consent"
+)
+
+
+@pytest.fixture
+def client(store, tmp_path: Path):
+    lines = [COLUMNS]
+    for i in range(1, 31):
+        batch = "B1" if i <= 20 else "B2"
+        email = f"u{i}@example.com" if i % 2 else ""
+        lines.append(
+            f"KT-{i:05d},KT,{batch},L1,P1,2024-01-01,battery=LOT-{i // 10},2024-02-01,EU,retail,S{i % 4},"
+            f"{email},{'yes' if i % 3 else 'no'}"
+        )
+    path = tmp_path / "units.csv"
+    path.write_text("\n".join(lines) + "\n")
+    import_files([path], RegistryStore(store), now=1_760_000_000, progress=False)
+    store.insert(
+        "events",
+        [
+            {
+                "event_id": "e1", "kind": "complaint", "occurred_at": 1_710_000_000, "serial": "KT-00003",
+                "model": "KT", "batch": "B1", "failure_mode": "overheat", "component": "battery", "crash": 0,
+                "fire": 1, "injury": 0, "region": "EU", "units": 0, "src_partition": 0, "src_offset": 1,
+                "ingested_at": 1_710_000_001,
+            }
+        ],
+    )  # fmt: skip
+    policy = AccessPolicy(keys={"ops-key-123": "operations", "viewer-key-456": "viewer"}, anonymous_role=None)
+    with TestClient(create_api(store, "http://rw.test", policy)) as c:
+        yield c
+
+
+def test_keys_are_required_and_checked(client: TestClient) -> None:
+    assert client.get("/v1/units/KT-00001").status_code == 401
+    assert client.get("/v1/units/KT-00001", headers={"X-API-Key": "wrong"}).json() == {
+        "detail": "unknown API key"
+    }
+    assert client.get("/v1/alerts", headers={"Authorization": "Bearer ops-key-123"}).status_code == 200
+    assert client.get("/health").status_code == 200
+
+
+def test_backward_trace_with_history_and_contact_rule(client: TestClient) -> None:
+    ops = client.get("/v1/units/KT-00003", headers=OPS).json()
+    assert ops["unit"]["batch"] == "B1"
+    assert ops["unit"]["supplier_lots"] == {"battery": "LOT-0"}
+    assert ops["unit"]["customer_email"] == "u3@example.com"
+    assert ops["unit"]["produced_at"] == "2024-01-01T00:00:00Z"
+    assert [e["event_id"] for e in ops["history"]] == ["e1"]
+    assert ops["affected"]["status"] == "not affected"
+
+    viewer = client.get("/v1/units/KT-00003", headers=VIEWER).json()
+    assert "customer_email" not in viewer["unit"] and viewer["contacts_redacted"] is True
+    assert client.get("/v1/units/NOPE-1", headers=OPS).status_code == 404
+
+
+def test_forward_trace_ranges_counts_and_csv(client: TestClient) -> None:
+    r = client.post("/v1/scopes/resolve", json={"model": "KT", "batches": ["B1"]}, headers=VIEWER)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["units"] == 20
+    assert body["ranges"] == [{"prefix": "KT-", "first": "KT-00001", "last": "KT-00020", "count": 20}]
+    assert body["by_store"] == {"S0": 5, "S1": 5, "S2": 5, "S3": 5}
+    assert body["reachable_customers"] == sum(1 for i in range(1, 21) if i % 2 and i % 3)
+
+    lot = client.post("/v1/scopes/resolve", json={"supplier_lots": ["LOT-1"]}, headers=VIEWER).json()
+    assert lot["units"] == 10 and lot["ranges"][0]["first"] == "KT-00010"
+
+    empty = client.post("/v1/scopes/resolve", json={"batches": ["B9"]}, headers=VIEWER)
+    assert empty.status_code == 200 and empty.json()["units"] == 0 and empty.json()["ranges"] == []
+
+    for headers, sees in ((OPS, True), (VIEWER, False)):
+        text = client.post("/v1/scopes/units.csv", json={"batches": ["B2"]}, headers=headers).text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert [r["serial"] for r in rows] == [f"KT-{i:05d}" for i in range(21, 31)]
+        assert ("customer_email" in rows[0]) is sees
+    assert client.post("/v1/scopes/units.csv", json={"batches": ["B9"]}, headers=OPS).text == "serial\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "empty scope"),
+        ({"modle": "KT"}, "Extra inputs are not permitted"),
+        ({"produced_from": "2024-03-01", "produced_to": "2024-01-01"}, "produced_from is after produced_to"),
+        ({"batches": []}, "at least 1 item"),
+        ({"batches": "B1"}, "valid list"),
+    ],
+)
+def test_bad_scopes_are_4xx_with_a_message(client: TestClient, body: dict, message: str) -> None:
+    r = client.post("/v1/scopes/resolve", json=body, headers=OPS)
+    assert r.status_code == 422
+    assert message in r.text
