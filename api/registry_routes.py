@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: FastAPI must resolve the closure-local `Role` alias.
 """
 
-
 import csv
 import io
 import re

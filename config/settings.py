@@ -30,6 +30,7 @@ class KafkaSettings(BaseModel):
     events_topic: str = "rw.events"
     dead_letter_topic: str = "rw.events.dlq"
     alerts_topic: str = "rw.alerts"
+    registry_topic: str = "rw.registry"
     partitions: int = Field(4, ge=1)
     app_id: str = "recallwatch"
     rebalance_timeout_s: int = 5

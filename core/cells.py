@@ -121,6 +121,22 @@ class CellState:
         self.units_in_field = max(0, self.units_in_field + units)
         return outcome
 
+    def apply_population(
+        self,
+        cfg: DetectionConfig,
+        units: int,
+        occurred_at: float,
+        event_id: str = "",
+        produced_at: float = 0.0,
+    ) -> BucketOutcome:
+        """The registry's count of units in the field as of ``occurred_at``: sets, never adds, so a
+        repeated or replayed count changes nothing."""
+        self.trigger_event_id, self.trigger_produced_at = event_id, produced_at
+        outcome = self._advance(cfg, occurred_at)
+        self._accrue_exposure(cfg, occurred_at)
+        self.units_in_field = max(0, units)
+        return outcome
+
     # -- buckets ---------------------------------------------------------------------------------
     def _accrue_exposure(self, cfg: DetectionConfig, t: float) -> None:
         if self.open_bucket is None:

@@ -45,7 +45,7 @@ class Stack:
 
 def topic_names(settings: Settings) -> list[str]:
     k = settings.kafka
-    return [k.events_topic, k.dead_letter_topic, k.alerts_topic]
+    return [k.events_topic, k.dead_letter_topic, k.alerts_topic, k.registry_topic]
 
 
 @contextlib.contextmanager

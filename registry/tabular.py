@@ -51,8 +51,10 @@ def check_columns(names: list[str]) -> tuple[str, ...]:
     return tuple(n for n in UNIT_FIELDS if n in names)
 
 
-def validate_batch(batch: pa.RecordBatch | pa.Table, first_line: int) -> ValidatedBatch:
-    """Check one batch; row ``k`` of it is reported as line ``first_line + k``."""
+def validate_batch(
+    batch: pa.RecordBatch | pa.Table, first_line: int, lines: list[int] | None = None
+) -> ValidatedBatch:
+    """Check one batch; row ``k`` of it is reported as line ``first_line + k`` (or ``lines[k]``)."""
     present = check_columns(batch.schema.names)
     n = batch.num_rows
     reason = pa.nulls(n, pa.string())
@@ -116,7 +118,9 @@ def validate_batch(batch: pa.RecordBatch | pa.Table, first_line: int) -> Validat
         fail(bad_lots, "supplier_lots must be component=lot pairs separated by ';'")
         out["lot_components"], out["lot_ids"] = components, lots
 
-    out["source_line"] = pa.array(range(first_line, first_line + n), pa.int64())
+    out["source_line"] = pa.array(
+        lines if lines is not None else range(first_line, first_line + n), pa.int64()
+    )
     table = pa.table(out)
     failed = pc.is_valid(reason)
     rejects: list[tuple[int, str]] = []
@@ -157,7 +161,7 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
         day_back = pc.strftime(
             pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True), format="%Y-%m-%d"
         )
-        bad = pc.and_(pc.invert(empty), pc.or_(pc.is_null(parsed), pc.not_equal(day_back, day)))
+        bad = pc.and_kleene(pc.invert(empty), pc.or_kleene(pc.is_null(parsed), pc.not_equal(day_back, day)))
     epoch = pc.if_else(pc.or_(empty, pc.fill_null(bad, True)), 0, pc.fill_null(parsed, 0))
     out_of_range = pc.and_(
         pc.not_equal(epoch, 0), pc.or_(pc.less(epoch, MIN_EPOCH), pc.greater_equal(epoch, MAX_EPOCH))

@@ -23,6 +23,7 @@ class SpeedOnly(str):
     """A statement that only makes queries faster (a data-skipping index). An engine that lacks the
     feature (the 18.16 server has no skipping indices) skips it: results are the same either way."""
 
+
 _VERSIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version UInt32, description String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"

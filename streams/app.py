@@ -4,6 +4,8 @@
 whose changelog partition is the source partition) and sends alerts at once; every flush interval it
 writes the rows, then persists the touched cells, then acks their events.
 ``notify`` posts each alert once to Slack (or the console) and records the delivery.
+``registry`` folds production, shipment, sale and ownership events into the traceability registry
+and sends each touched cell's new count of units in the field to ``ingest`` as its denominator.
 Sinks that are down are retried with backoff: an outage delays delivery, it never drops data.
 """
 
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
@@ -25,10 +28,12 @@ import orjson
 from config.settings import Settings
 from core.cells import CellState
 from sinks.clickhouse import ClickHouseStore
+from sinks.registry_store import RegistryStore
 from sinks.slack import ConsoleNotifier
 from streams.faust_tuning import app_with_fetch_wait
-from streams.processing import RawRecord, alert_row, decode_alert, process_batch
-from streams.records import Rejection
+from streams.processing import RawRecord, alert_row, decode_alert, process_batch, reject_row
+from streams.records import Rejection, cell_key
+from streams.registry_events import registry_batch
 
 log = logging.getLogger("recallwatch.worker")
 T = TypeVar("T")
@@ -176,6 +181,10 @@ def create_app(
     )
     dlq_topic = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(k.alerts_topic, key_serializer="raw", value_serializer="raw")
+    registry_topic = app.topic(
+        k.registry_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
+    )
+    registry = RegistryStore(store)
     cell_table = app.Table("cells", default=None, partitions=k.partitions, key_type=str, value_type=bytes)
     deliveries = app.Table("alert-deliveries", default=None, key_type=str)
     cells = FaustTableCells(cell_table)
@@ -273,6 +282,77 @@ def create_app(
                 stats.rejected += len(result.dead_letters)
             if len(pending.events) >= settings.worker.flush_max_events:
                 await flush()
+
+    @app.agent(registry_topic)
+    async def registry_updates(stream: faust.StreamT[bytes]) -> None:
+        # Written before acked: a crash replays the batch, and replaying sets the same fields again.
+        async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
+            by_partition: dict[int, list[RawRecord]] = {}
+            for e in batch:
+                m = e.message
+                by_partition.setdefault(m.partition, []).append(
+                    RawRecord(m.partition, m.offset, m.timestamp, m.value)
+                )
+            for records in by_partition.values():
+                await apply_registry_records(records)
+            for e in batch:
+                await stream.ack(e)
+
+    async def apply_registry_records(records: list[RawRecord]) -> None:
+        checked = registry_batch(records)
+        by_offset = {r.offset: r for r in records}
+        rejects = list(checked.rejects)
+        shipped: set[str] = set()
+        for run in checked.runs:
+            rows = run.rows
+            merged = await retry_until_done(
+                "registry merge",
+                lambda rows=rows: asyncio.to_thread(
+                    registry.merge, rows, source=k.registry_topic, now=int(clock())
+                ),
+                *retry_s,
+            )
+            rejects.extend((by_offset[line], reason) for line, reason in merged.rejects)
+            refused = {line for line, _ in merged.rejects}
+            for serial, line in zip(
+                rows.column("serial").to_pylist(), rows.column("source_line").to_pylist(), strict=True
+            ):
+                if line in checked.shipment_offsets and line not in refused:
+                    shipped.add(serial)
+        for record, reason in rejects:
+            await dlq_topic.send(
+                value=record.value or b"",
+                headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
+            )
+        await insert("rejects", [reject_row(k.registry_topic, r, why, clock()) for r, why in rejects])
+        stats.rejected += len(rejects)
+        if shipped:
+            await send_populations(shipped)
+
+    async def send_populations(serials: set[str]) -> None:
+        """Each touched cell's units in the field, as an absolute count: replays set, never add."""
+        units = await retry_until_done(
+            "registry read", lambda: asyncio.to_thread(registry.units_by_serial, sorted(serials)), *retry_s
+        )
+        latest: dict[tuple[str, str], int] = {}
+        for row in units.values():
+            key = (row["model"], row["batch"])
+            latest[key] = max(latest.get(key, 0), int(row["shipped_at"]))
+        for (model, batch), at in sorted(latest.items()):
+            count = await retry_until_done(
+                "registry count",
+                lambda m=model, b=batch, t=at: asyncio.to_thread(registry.units_in_field, m, b, t),
+                *retry_s,
+            )
+            event = {
+                "event_id": f"population:{model}|{batch}:{at}:{count}",
+                "kind": "population",
+                "occurred_at": datetime.fromtimestamp(at, UTC).isoformat(),
+                "model": model,
+                "batch": batch,
+                "units": count,
+            }
+            await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
 
     @app.agent(alerts_topic)
     async def notify(stream: faust.StreamT[bytes]) -> None:

@@ -135,6 +135,8 @@ def process_batch(
 def apply_event(state: CellState, event: Event, cfg: DetectionConfig, produced_at: float) -> BucketOutcome:
     if event.kind == "shipment":
         return state.apply_shipment(cfg, event.units, event.occurred_ts, event.event_id, produced_at)
+    if event.kind == "population":
+        return state.apply_population(cfg, event.units, event.occurred_ts, event.event_id, produced_at)
     return state.apply_incident(cfg, event.failure_mode, event.occurred_ts, event.event_id, produced_at)
 
 

@@ -29,12 +29,13 @@ class Severity(BaseModel):
 
 
 class Event(BaseModel):
-    """One complaint, repair, return or shipment."""
+    """One complaint, repair, return, shipment, or registry population count."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: str = Field(min_length=1, max_length=200)
-    kind: Literal["complaint", "repair", "return", "shipment"]
+    # population: the registry's absolute count of the cell's units in the field (sets, not adds).
+    kind: Literal["complaint", "repair", "return", "shipment", "population"]
     occurred_at: datetime
     model: str = Field(pattern=NAME)
     batch: str = Field(pattern=NAME)
@@ -59,6 +60,8 @@ class Event(BaseModel):
         if self.kind == "shipment":
             if self.units <= 0:
                 raise ValueError("a shipment needs units > 0")
+        elif self.kind == "population":
+            pass  # any units >= 0: a cell may have none in the field yet
         elif not self.failure_mode:
             raise ValueError(f"a {self.kind} needs a failure_mode")
         return self

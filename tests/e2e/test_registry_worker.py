@@ -1,0 +1,140 @@
+"""Registry events on Kafka update the registry and feed the cells' denominators, end to end."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import orjson
+import pytest
+
+from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable, open_store
+from streams.broker import running_broker
+from streams.producer import ensure_topics, make_producer
+from tests.e2e.processes import cli_env, start_cli, stop
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.server]
+TOPICS = ["rw.events", "rw.events.dlq", "rw.alerts", "rw.registry"]
+
+
+def query(url: str, tmp, sql: str) -> list[dict]:
+    store = open_store(url, tmp)
+    try:
+        return store.query(sql)
+    except (ClickHouseError, ClickHouseUnavailable):
+        return []
+    finally:
+        store.close()
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def registry_events() -> list[dict]:
+    events = []
+    for i in range(1, 31):
+        batch = "B1" if i <= 20 else "B2"
+        events.append(
+            {
+                "event_id": f"p{i}",
+                "kind": "production",
+                "serial": f"KT-{i:04d}",
+                "occurred_at": "2025-01-01T00:00:00Z",
+                "model": "KT",
+                "batch": batch,
+                "line": "L1",
+                "plant": "P1",
+                "supplier_lots": {"battery": f"LOT-{i // 10}"},
+            }
+        )
+    for i in range(1, 26):  # 20 of B1 and 5 of B2 ship
+        events.append(
+            {
+                "event_id": f"s{i}",
+                "kind": "shipment",
+                "serial": f"KT-{i:04d}",
+                "occurred_at": "2025-01-10T00:00:00Z",
+                "channel": "retail",
+                "store": "S1",
+                "region": "EU",
+            }
+        )
+    events.append(
+        {"event_id": "o1", "kind": "ownership", "serial": "KT-0003", "occurred_at": "2025-02-01T00:00:00Z",
+         "customer_id": "C-1", "customer_email": "ann@example.com", "contact_consent": True}
+    )  # fmt: skip
+    return events
+
+
+BAD = [
+    b"{not json",
+    orjson.dumps(
+        {"event_id": "x1", "kind": "shipment", "serial": "ZZ-1", "occurred_at": "2025-01-10T00:00:00Z"}
+    ),
+    orjson.dumps(
+        {
+            "event_id": "x2",
+            "kind": "shipment",
+            "serial": "KT-0001",
+            "occurred_at": "2025-01-10T00:00:00Z",
+            "model": "X",
+        }
+    ),
+]
+
+
+def test_registry_events_update_units_and_send_population_counts(tmp_path):
+    if shutil.which("clickhouse-server") is None:
+        pytest.skip("clickhouse-server is not installed")
+    from tests.clickhouse_server import ServerProcess
+
+    server = ServerProcess(tmp_path / "ch")
+    server.start()
+    url = server.url("registry")
+    with running_broker() as broker:
+        ensure_topics(broker.bootstrap, TOPICS, 2)
+        env = cli_env(
+            RW_KAFKA__URL=broker.url,
+            RW_KAFKA__PARTITIONS="2",
+            RW_CLICKHOUSE__URL=url,
+            RW_WORKER__DATA_DIR=str(tmp_path / "w"),
+        )
+        worker = start_cli(["worker"], env, tmp_path, tmp_path / "worker.log")
+        producer = make_producer(broker.bootstrap)
+        try:
+            for event in registry_events():
+                producer.send("rw.registry", key=event["serial"].encode(), value=orjson.dumps(event))
+            for raw in BAD:
+                producer.send("rw.registry", key=b"bad", value=raw)
+            producer.flush()
+            sql = "SELECT count() AS n FROM units FINAL WHERE shipped_at > 0"
+            wait_for(lambda: (query(url, tmp_path, sql) or [{"n": 0}])[0]["n"] >= 25)
+            units = query(
+                url, tmp_path, "SELECT serial, batch, region, customer_email FROM units FINAL ORDER BY serial"
+            )
+            assert len(units) == 30
+            assert [u["region"] for u in units] == ["EU"] * 25 + [""] * 5
+            assert units[2]["customer_email"] == "ann@example.com" and units[2]["batch"] == "B1"
+
+            reasons_sql = "SELECT reason FROM rejects FINAL WHERE topic = 'rw.registry' ORDER BY reason"
+            wait_for(lambda: len(query(url, tmp_path, reasons_sql)) >= 3)
+            reasons = [r["reason"] for r in query(url, tmp_path, reasons_sql)]
+            assert len(reasons) == 3
+            assert any("a shipment event cannot set model" in r for r in reasons)
+            assert any("unknown serial" in r for r in reasons)
+            assert any("not JSON" in r for r in reasons)
+
+            pop_sql = (
+                "SELECT batch, max(units) AS n FROM events FINAL WHERE kind = 'population'"
+                " GROUP BY batch ORDER BY batch"
+            )
+            wait_for(lambda: [r["n"] for r in query(url, tmp_path, pop_sql)] == [20, 5])
+            assert query(url, tmp_path, pop_sql) == [{"batch": "B1", "n": 20}, {"batch": "B2", "n": 5}]
+            assert worker.poll() is None
+        finally:
+            producer.close()
+            stop(worker)
+            server.stop()
