@@ -34,8 +34,7 @@ def registry_router(registry: RegistryStore, policy: AccessPolicy, caller_role: 
         if row is None:
             raise HTTPException(status_code=404, detail=f"no unit with serial {serial!r} in the registry")
         contacts = policy.sees_contacts(role)
-        history = registry.history(row["model"], row["batch"], serial)
-        alerts = registry.cell_alerts(row["model"], row["batch"])
+        history, alerts = registry.related(row["model"], row["batch"], serial)
         return {
             "unit": present_unit(row, contacts=contacts),
             "contacts_redacted": not contacts,

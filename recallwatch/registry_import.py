@@ -11,6 +11,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from registry.tabular import check_columns, validate_batch
+from registry.tabular import ValidatedBatch, check_columns, validate_batch
 from sinks.registry_store import RegistryStore
 
 BATCH_ROWS = 1_000_000
@@ -108,8 +109,7 @@ def import_files(
         total = pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet" else None
         bar = tqdm(total=total, unit=" units", desc=path.name, disable=not progress, file=sys.stderr)
         try:
-            for batch, first_line in read_batches(path):
-                checked = validate_batch(batch, first_line)
+            for batch, first_line, checked in _checked_ahead(read_batches(path)):
                 merged = registry.merge(checked.rows, source=str(path), now=now)
                 rejects = sorted(checked.rejects + merged.rejects)
                 report.loaded += merged.loaded
@@ -123,6 +123,25 @@ def import_files(
         finally:
             bar.close()
     return ImportReport(reports, time.perf_counter() - started)
+
+
+def _checked_ahead(
+    batches: Iterator[tuple[pa.RecordBatch, int]],
+) -> Iterator[tuple[pa.RecordBatch, int, ValidatedBatch]]:
+    """Read and check the next batch on a thread while the caller merges this one: Arrow and
+    ClickHouse both release the GIL, so the two overlap on separate cores."""
+
+    def read_and_check() -> tuple[pa.RecordBatch, int, ValidatedBatch] | None:
+        item = next(batches, None)
+        if item is None:
+            return None
+        return item[0], item[1], validate_batch(item[0], item[1])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(read_and_check)
+        while (current := ahead.result()) is not None:
+            ahead = pool.submit(read_and_check)
+            yield current
 
 
 def _keep_rejects(

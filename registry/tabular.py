@@ -3,14 +3,15 @@
 :func:`validate_batch` takes one batch of an ERP/MES/CRM export (pyarrow, as read from CSV or Parquet)
 and returns the rows that pass, typed the way the ``units`` table stores them, plus one reason for each
 row that fails. The rules are those of :mod:`registry.units`; a test holds the two to the same verdicts.
-Only columns present in the file are returned (besides the derived serial parts), so a CRM export
-updates customer fields without touching production data.
+Only columns present in the file are returned, so a CRM export updates customer fields without
+touching production data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,12 +21,10 @@ MIN_EPOCH = 631_152_000  # 1990-01-01
 MAX_EPOCH = 4_102_444_800  # 2100-01-01
 IDENTITY_FIELDS = ("model", "batch")  # empty means "keep what the registry has"
 _CONTROL = r"[\x00-\x1f]"
-_SERIAL_TAIL = r"^(?P<prefix>(?s:.*?))(?P<digits>[0-9]{1,18})$"
 _PHONE = r"^\+?[0-9][0-9 ()./-]{4,31}$"
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 _TRUE = ("true", "1", "yes", "y")
 _FALSE = ("false", "0", "no", "n", "")
-_DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d")
 
 
 class FileColumnsError(ValueError):
@@ -57,32 +56,33 @@ def validate_batch(
     """Check one batch; row ``k`` of it is reported as line ``first_line + k`` (or ``lines[k]``)."""
     present = check_columns(batch.schema.names)
     n = batch.num_rows
-    reason = pa.nulls(n, pa.string())
+    # Per row, the number of the first check it failed (0 = none). Checks pass on almost every row,
+    # so a check costs one pc.any unless it actually fails somewhere.
+    failed_check = np.zeros(n, dtype=np.int32)
+    messages: list[str] = []
 
     def fail(bad: pa.Array, message: str) -> None:
-        nonlocal reason
         bad = pc.fill_null(bad, False)
-        reason = pc.if_else(pc.and_(pc.is_null(reason), bad), message, reason)
+        if not pc.any(bad).as_py():
+            return
+        messages.append(message)
+        failed_check[bad.to_numpy(zero_copy_only=False) & (failed_check == 0)] = len(messages)
 
     out: dict[str, pa.Array] = {}
     serial = _text(batch.column("serial"))
     fail(pc.equal(pc.utf8_length(serial), 0), "serial is empty")
     fail(pc.greater(pc.utf8_length(serial), MAX_TEXT), f"serial is longer than {MAX_TEXT} characters")
     fail(pc.match_substring_regex(serial, _CONTROL), "serial contains control characters")
-    out["serial"] = serial
-    parts = pc.extract_regex(serial, _SERIAL_TAIL)
-    digits = pc.fill_null(pc.struct_field(parts, "digits"), "")
-    out["serial_prefix"] = pc.fill_null(pc.struct_field(parts, "prefix"), serial)
-    out["serial_seq"] = pc.cast(pc.if_else(pc.equal(digits, ""), "0", digits), pa.uint64())
-    out["serial_width"] = pc.cast(pc.utf8_length(digits), pa.uint8())
+    out["serial"] = serial  # its prefix/sequence split happens in the store's INSERT, on all cores
 
     for name in present:
         if name in ("serial", "supplier_lots", "contact_consent") or name in TIME_FIELDS:
             continue
         text = _text(batch.column(name))
         fail(pc.greater(pc.utf8_length(text), MAX_TEXT), f"{name} is longer than {MAX_TEXT} characters")
-        fail(pc.match_substring_regex(text, _CONTROL), f"{name} contains control characters")
         if name in IDENTITY_FIELDS:
+            # Model and batch key the cells and the topic (``model|batch``): keep them printable.
+            fail(pc.match_substring_regex(text, _CONTROL), f"{name} contains control characters")
             fail(pc.match_substring(text, "|"), f"{name} contains '|'")
         out[name] = text
     if "customer_phone" in out:
@@ -122,13 +122,12 @@ def validate_batch(
         lines if lines is not None else range(first_line, first_line + n), pa.int64()
     )
     table = pa.table(out)
-    failed = pc.is_valid(reason)
     rejects: list[tuple[int, str]] = []
-    if pc.any(failed).as_py():
-        bad_rows = table.filter(failed)
-        why = pc.filter(reason, failed)
-        rejects = list(zip(bad_rows.column("source_line").to_pylist(), why.to_pylist(), strict=True))
-        table = table.filter(pc.invert(failed))
+    if messages:
+        failed = failed_check > 0
+        lines = table.column("source_line").to_numpy()[failed]
+        rejects = [(int(line), messages[c - 1]) for line, c in zip(lines, failed_check[failed], strict=True)]
+        table = table.filter(pa.array(~failed))
     return ValidatedBatch(table, rejects)
 
 
@@ -142,31 +141,54 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """Epoch seconds (0 = empty), whether the text failed to parse, whether it is out of range."""
+    """Epoch seconds (0 = empty), whether the text failed to parse, whether it is out of range.
+
+    Text is a date (``YYYY-MM-DD``, midnight UTC) or an ISO 8601 time with a zone (``Z`` or an
+    offset); a time without a zone is refused rather than guessed.
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
         parsed = pc.cast(pc.cast(column, pa.timestamp("s", tz="UTC")), pa.int64())
         empty = pc.is_null(parsed)
-        bad = pa.array([False] * len(column))
+        bad = pa.array(np.zeros(len(column), dtype=bool))
     else:
         text = pc.utf8_trim_whitespace(_text(column))
         empty = pc.equal(text, "")
-        parsed = pa.nulls(len(text), pa.int64())
-        for fmt in _DATE_FORMATS:
-            attempt = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
-            parsed = pc.coalesce(parsed, pc.cast(pc.cast(attempt, pa.timestamp("s")), pa.int64()))
-        # strptime rolls 2024-02-30 over to March: a date must print back as it was written.
-        day = pc.utf8_slice_codeunits(text, 0, 10)
-        day_back = pc.strftime(
-            pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True), format="%Y-%m-%d"
+        is_date = pc.equal(pc.utf8_length(text), 10)
+        days = _cast_or_null(pc.if_else(is_date, text, "1970-01-01"), pa.date32())
+        times = _cast_or_null(
+            pc.if_else(pc.or_(is_date, empty), "1970-01-01T00:00:00Z", text), pa.timestamp("s", tz="UTC")
         )
-        bad = pc.and_kleene(pc.invert(empty), pc.or_kleene(pc.is_null(parsed), pc.not_equal(day_back, day)))
-    epoch = pc.if_else(pc.or_(empty, pc.fill_null(bad, True)), 0, pc.fill_null(parsed, 0))
+        parsed = pc.if_else(
+            is_date,
+            pc.cast(pc.cast(days, pa.timestamp("s")), pa.int64()),
+            pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()),
+        )
+        bad = pc.and_(pc.invert(empty), pc.is_null(parsed))
+    epoch = pc.if_else(pc.or_(empty, bad), 0, parsed)
     out_of_range = pc.and_(
         pc.not_equal(epoch, 0), pc.or_(pc.less(epoch, MIN_EPOCH), pc.greater_equal(epoch, MAX_EPOCH))
     )
-    return pc.cast(epoch, pa.int64()), pc.fill_null(bad, True), out_of_range
+    return pc.cast(epoch, pa.int64()), bad, out_of_range
+
+
+def _cast_or_null(text: pa.Array, to: pa.DataType) -> pa.Array:
+    """Arrow's strict ISO 8601 cast, value by value only where a chunk fails (bad rows are rare)."""
+    try:
+        return pc.cast(text, to)
+    except pa.ArrowInvalid:
+        pass
+    if len(text) <= 32:
+        out = []
+        for i in range(len(text)):
+            try:
+                out.append(pc.cast(text.slice(i, 1), to))
+            except pa.ArrowInvalid:
+                out.append(pa.nulls(1, to))
+        return pa.concat_arrays(out)
+    half = len(text) // 2
+    return pa.concat_arrays([_cast_or_null(text.slice(0, half), to), _cast_or_null(text.slice(half), to)])
 
 
 def _before(later: pa.Array, earlier: pa.Array) -> pa.Array:
@@ -176,22 +198,35 @@ def _before(later: pa.Array, earlier: pa.Array) -> pa.Array:
 
 def _lots(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Split ``component=lot;...`` into two parallel list columns, and flag malformed rows."""
-    stripped = pc.utf8_trim_whitespace(text)
-    pairs = pc.split_pattern(stripped, ";")
-    # An empty cell splits into [""]: treat it as no lots rather than one malformed pair.
-    pairs = pc.if_else(pc.equal(stripped, ""), pa.scalar([], pa.list_(pa.string())), pairs)
+    n = len(text)
+    pairs = pc.split_pattern(text, ";")
+    # An empty cell splits into [""]: it means no lots, not one malformed pair. (Offsets are rebuilt
+    # in numpy because if_else over list columns costs more than the rest of this function.)
+    blank = pc.equal(pc.utf8_trim_whitespace(text), "").to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(pairs).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(pairs)
-    split = pc.extract_regex(flat, r"^\s*(?P<component>[^=]*?)\s*=\s*(?P<lot>.*?)\s*$")
-    component = pc.fill_null(pc.struct_field(split, "component"), "")
-    lot = pc.fill_null(pc.struct_field(split, "lot"), "")
+    if blank.any():
+        flat = flat.filter(pa.array(np.repeat(~blank, lengths)))
+        lengths = np.where(blank, 0, lengths)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    split = pc.split_pattern(flat, "=", max_splits=1)
+    well_formed = pc.equal(pc.list_value_length(split), 2)
+    if not pc.all(well_formed).as_py():
+        # Pairs without '=' get a placeholder so the flat list stays [component, lot, component, ...].
+        split = pc.if_else(well_formed, split, pa.scalar(["", ""], pa.list_(pa.string())))
+    parts = pc.utf8_trim_whitespace(pc.list_flatten(split))
+    component = parts.take(pa.array(np.arange(0, len(parts), 2)))
+    lot = parts.take(pa.array(np.arange(1, len(parts), 2)))
     bad_pair = pc.or_(
         pc.or_(pc.equal(component, ""), pc.equal(lot, "")),
         pc.or_(pc.greater(pc.utf8_length(component), MAX_TEXT), pc.greater(pc.utf8_length(lot), MAX_TEXT)),
     )
-    offsets = pairs.offsets
-    components = pa.ListArray.from_arrays(offsets, component)
-    lots = pa.ListArray.from_arrays(offsets, lot)
-    bad_parents = pc.filter(pc.list_parent_indices(pairs), bad_pair)
-    rows = pa.array(range(len(text)), pa.int64())
-    bad_rows = pc.is_in(rows, pc.cast(bad_parents, pa.int64()))
-    return components, lots, bad_rows
+    bad_rows = np.zeros(n, dtype=bool)
+    if pc.any(bad_pair).as_py():
+        row_of_pair = np.repeat(np.arange(n), lengths)
+        bad_rows[row_of_pair[bad_pair.to_numpy(zero_copy_only=False)]] = True
+    return (
+        pa.ListArray.from_arrays(offsets, component),
+        pa.ListArray.from_arrays(offsets, lot),
+        pa.array(bad_rows),
+    )

@@ -25,10 +25,15 @@ STORED_FIELDS = (
     "customer_id", "customer_phone", "customer_email", "member_id", "contact_consent",
 )  # fmt: skip
 SERIAL_PARTS = ("serial_prefix", "serial_seq", "serial_width")
+# registry.serials.split_serial in SQL (same on both engines; a test holds them to the same answers).
+_DIGITS = "extract(serial, '[0-9]{1,18}$')"
+SERIAL_PARTS_SQL = (
+    f"substring(serial, 1, length(serial) - length({_DIGITS}))",
+    f"toUInt64OrZero({_DIGITS})",
+    f"toUInt8(length({_DIGITS}))",
+)
 IDENTITY = ("model", "batch")
 _STAGING_TYPES = {
-    "serial_seq": "UInt64",
-    "serial_width": "UInt8",
     "lot_components": "Array(String)",
     "lot_ids": "Array(String)",
     "contact_consent": "UInt8",
@@ -37,6 +42,9 @@ _STAGING_TYPES = {
 }
 # Column a version's low 32 bits carry: later lines of one import win over earlier ones.
 _VERSION_SHIFT = 1 << 32
+
+
+NEEDS_IDENTITY = "unknown serial: a new unit needs model and batch"
 
 
 @dataclass(frozen=True)
@@ -76,61 +84,54 @@ class RegistryStore:
             self.store.query(f"DROP TABLE IF EXISTS {staging}")
 
     def _merge_from(self, staging: str, cols: set[str], source: str, now: int) -> MergeResult:
-        old = ", ".join(f"{c} AS o_{c}" for c in STORED_FIELDS)
-        joined = (
-            f"{staging} ANY LEFT JOIN (SELECT serial, {old} FROM units FINAL"
-            f" WHERE serial IN (SELECT serial FROM {staging})) AS old USING serial"
-        )
-        expr = {c: _merged(c, cols) for c in STORED_FIELDS}
-        complete = f"({expr['model']}) != '' AND ({expr['batch']}) != ''"
-        rejects: list[tuple[int, str]] = []
-        if self._may_lack_identity(staging, cols):
-            missing = self.store.query(
-                f"SELECT source_line FROM {joined} WHERE NOT ({complete}) ORDER BY source_line"
-            )
-            reason = "unknown serial: a new unit needs model and batch"
-            rejects = [(int(r["source_line"]), reason) for r in missing]
         params = {"source": source, "now": int(now), "base": version_base(now)}
-        select = ", ".join(
-            ["serial", *SERIAL_PARTS, *(expr[c] for c in STORED_FIELDS),
-             "{source}", "toDateTime({now})", "{base} + source_line"]
-        )  # fmt: skip
         names = ", ".join(["serial", *SERIAL_PARTS, *STORED_FIELDS, "source", "updated_at", "version"])
-        self.store.query(
-            f"INSERT INTO units ({names}) SELECT {select} FROM {joined} WHERE {complete}", params
-        )
-        if "lot_ids" in cols:
-            self.store.query(
-                "INSERT INTO unit_lots (lot, component, serial, version)"
-                f" SELECT lot, component, serial, {{base}} + source_line FROM {staging}"
-                " ARRAY JOIN lot_ids AS lot, lot_components AS component",
-                params,
-            )
+        tail = ["{source}", "toDateTime({now})", "{base} + source_line"]
         total = int(self.store.query(f"SELECT count() AS n FROM {staging}")[0]["n"])
+        rejects: list[tuple[int, str]] = []
+        if self._all_new(staging):
+            # First sight of every serial (the bulk of a first import): nothing to merge with.
+            present = [c for c in STORED_FIELDS if c in cols]
+            select = ", ".join(["serial", *SERIAL_PARTS_SQL, *present, *tail])
+            complete = "model != '' AND batch != ''" if {"model", "batch"} <= cols else "0"
+            missing = self.store.query(
+                f"SELECT source_line FROM {staging} WHERE NOT ({complete}) ORDER BY source_line"
+            )
+            rejects = [(int(r["source_line"]), NEEDS_IDENTITY) for r in missing]
+            target = ", ".join(["serial", *SERIAL_PARTS, *present, "source", "updated_at", "version"])
+            self.store.query(
+                f"INSERT INTO units ({target}) SELECT {select} FROM {staging} WHERE {complete}", params
+            )
+        else:
+            old = ", ".join(f"{c} AS o_{c}" for c in STORED_FIELDS)
+            joined = (
+                f"{staging} ANY LEFT JOIN (SELECT serial, {old} FROM units FINAL"
+                f" WHERE serial IN (SELECT serial FROM {staging})) AS old USING serial"
+            )
+            expr = {c: _merged(c, cols) for c in STORED_FIELDS}
+            complete = f"({expr['model']}) != '' AND ({expr['batch']}) != ''"
+            if self._may_lack_identity(staging, cols):
+                missing = self.store.query(
+                    f"SELECT source_line FROM {joined} WHERE NOT ({complete}) ORDER BY source_line"
+                )
+                rejects = [(int(r["source_line"]), NEEDS_IDENTITY) for r in missing]
+            select = ", ".join(["serial", *SERIAL_PARTS_SQL, *(expr[c] for c in STORED_FIELDS), *tail])
+            self.store.query(
+                f"INSERT INTO units ({names}) SELECT {select} FROM {joined} WHERE {complete}", params
+            )
         return MergeResult(total - len(rejects), rejects)
+
+    def _all_new(self, staging: str) -> bool:
+        row = self.store.query(
+            f"SELECT count() AS n FROM units WHERE serial IN (SELECT serial FROM {staging})"
+        )
+        return int(row[0]["n"]) == 0
 
     def _may_lack_identity(self, staging: str, cols: set[str]) -> bool:
         if IDENTITY[0] not in cols or IDENTITY[1] not in cols:
             return True
         row = self.store.query(f"SELECT count() AS n FROM {staging} WHERE model = '' OR batch = ''")
         return int(row[0]["n"]) > 0
-
-    def put_units(self, rows: Sequence[dict[str, Any]], *, source: str, now: int) -> None:
-        """Write whole unit rows (already merged by the caller), e.g. from registry events."""
-        if not rows:
-            return
-        base = version_base(now)
-        full = [
-            {**r, "source": source, "updated_at": int(now), "version": base + i} for i, r in enumerate(rows)
-        ]
-        self.store.insert("units", full)
-        lots = [
-            {"lot": lot, "component": comp, "serial": r["serial"], "version": r["version"]}
-            for r in full
-            for comp, lot in zip(r["lot_components"], r["lot_ids"], strict=True)
-        ]
-        if lots:
-            self.store.insert("unit_lots", lots)
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -151,20 +152,39 @@ class RegistryStore:
         )
         return rows[0] if rows else None
 
-    def history(self, model: str, batch: str, serial: str) -> list[dict[str, Any]]:
-        return self.store.query(
-            "SELECT event_id, kind, occurred_at, failure_mode, component, crash, fire, injury, region"
+    def related(
+        self, model: str, batch: str, serial: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The unit's own complaint/repair/return history and the alerts on its (model, batch), in one
+        round trip (a lookup's latency is mostly per-query overhead)."""
+        rows = self.store.query(
+            "SELECT 'event' AS what, event_id AS id, kind AS label, occurred_at AS at, failure_mode,"
+            " component, crash, fire, injury, toFloat64(0) AS score"
             " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}"
-            " ORDER BY occurred_at, event_id",
+            " UNION ALL"
+            " SELECT 'alert' AS what, alert_id AS id, detector AS label, opened_at AS at, failure_mode,"
+            " '' AS component, toUInt8(0) AS crash, toUInt8(0) AS fire, toUInt8(0) AS injury, score"
+            " FROM alerts FINAL WHERE model = {m} AND batch = {b}",
             {"m": model, "b": batch, "s": serial},
         )
-
-    def cell_alerts(self, model: str, batch: str) -> list[dict[str, Any]]:
-        return self.store.query(
-            "SELECT alert_id, opened_at, failure_mode, detector, score FROM alerts FINAL"
-            " WHERE model = {m} AND batch = {b} ORDER BY opened_at DESC, alert_id",
-            {"m": model, "b": batch},
-        )
+        history = sorted(
+            (
+                {"event_id": r["id"], "kind": r["label"], "occurred_at": r["at"],
+                 "failure_mode": r["failure_mode"], "component": r["component"], "crash": r["crash"],
+                 "fire": r["fire"], "injury": r["injury"]}
+                for r in rows if r["what"] == "event"
+            ),
+            key=lambda e: (e["occurred_at"], e["event_id"]),
+        )  # fmt: skip
+        alerts = sorted(
+            (
+                {"alert_id": r["id"], "opened_at": r["at"], "failure_mode": r["failure_mode"],
+                 "detector": r["label"], "score": r["score"]}
+                for r in rows if r["what"] == "alert"
+            ),
+            key=lambda a: (-a["opened_at"], a["alert_id"]),
+        )  # fmt: skip
+        return history, alerts
 
     def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
         """Size, serial ranges, breakdowns and reachable customers of a scope."""
@@ -293,8 +313,6 @@ def scope_sql(scope: Scope) -> tuple[str, dict[str, Any]]:
             clauses.append(f"has({{{field}}}, {column})")
     if scope.supplier_lots is not None:
         params["lots"] = list(scope.supplier_lots)
-        # The lot index narrows to candidate serials; hasAny re-checks the unit's current lots.
-        clauses.append("serial IN (SELECT serial FROM unit_lots WHERE has({lots}, lot))")
         clauses.append("hasAny(lot_ids, {lots})")
     for low, high, column in (
         ("produced_from", "produced_to", "produced_at"),

@@ -16,7 +16,7 @@ from sinks.clickhouse import ClickHouseError
 if TYPE_CHECKING:
     from sinks.clickhouse import ClickHouseStore
 
-TABLES = ("events", "rates", "alerts", "rejects", "alert_deliveries", "units", "unit_lots")
+TABLES = ("events", "rates", "alerts", "rejects", "alert_deliveries", "units")
 
 
 class SpeedOnly(str):
@@ -71,7 +71,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
     (
         2,
-        "traceability registry: units and the supplier-lot index",
+        "traceability registry: units",
         [
             # Times are epoch seconds, 0 = not yet / unknown. Supplier lots are two parallel arrays
             # (component, lot): the 18.16 server has no Map type. `version` orders updates: the
@@ -85,7 +85,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 customer_id String, customer_phone String, customer_email String, member_id String,
                 contact_consent UInt8, source String, updated_at DateTime, version UInt64
             ) ENGINE = ReplacingMergeTree(version)
-            ORDER BY serial""",
+            ORDER BY serial
+            SETTINGS index_granularity = 1024""",
+            # One file per part instead of one per column: a serial lookup reads 27 columns, and
+            # opening 27 files cost more than the reading (measured 4.9 -> 3.5 ms per lookup).
+            SpeedOnly(
+                "ALTER TABLE units MODIFY SETTING min_rows_for_wide_part = 1000000000,"
+                " min_bytes_for_wide_part = 100000000000"
+            ),
             # Serials are assigned in production order, so model, batch, line and dates are nearly
             # sorted along the key: min/max per granule lets a scope skip almost everything.
             SpeedOnly("ALTER TABLE units ADD INDEX IF NOT EXISTS ix_model model TYPE minmax GRANULARITY 1"),
@@ -98,12 +105,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             SpeedOnly(
                 "ALTER TABLE units ADD INDEX IF NOT EXISTS ix_shipped shipped_at TYPE minmax GRANULARITY 1"
             ),
-            # A lot is traced to its units across models through this index, not a scan of `units`.
-            # A stale row (the unit's lot was corrected) is filtered out by re-checking `units`.
-            """CREATE TABLE IF NOT EXISTS unit_lots (
-                lot String, component String, serial String, version UInt64
-            ) ENGINE = ReplacingMergeTree(version)
-            ORDER BY (lot, serial, component)""",
+            # A supplier lot feeds consecutive production, so a bloom filter per granule finds a lot's
+            # units across models without reading the rest.
+            SpeedOnly(
+                "ALTER TABLE units ADD INDEX IF NOT EXISTS ix_lots lot_ids TYPE bloom_filter GRANULARITY 1"
+            ),
         ],
     ),
 ]

@@ -99,6 +99,17 @@ SAMPLE_ROWS: dict[str, list[dict[str, Any]]] = {
     "alert_deliveries": [
         {"alert_id": "a1", "channel": "slack", "status": "sent", "detail": "", "delivered_at": T0 + 0.25}
     ],
+    "units": [
+        {
+            "serial": f"SN-{i:04d}", "serial_prefix": "SN-", "serial_seq": i, "serial_width": 4, "model": "M",
+            "batch": "B", "line": "L1", "plant": "P", "produced_at": T0, "lot_components": ["battery"],
+            "lot_ids": [f"LOT-{i}"], "shipped_at": 0, "channel": "", "distributor": "", "retailer": "",
+            "store": "", "region": "EU", "city": "", "sold_at": 0, "customer_id": "", "customer_phone": "",
+            "customer_email": "", "member_id": "", "contact_consent": 0, "source": "t", "updated_at": T0,
+            "version": 1,
+        }
+        for i in range(2)
+    ],  # fmt: skip
 }
 ORDER = {
     "events": "event_id",
@@ -106,6 +117,7 @@ ORDER = {
     "alerts": "alert_id",
     "rejects": "reject_id",
     "alert_deliveries": "channel",
+    "units": "serial",
 }
 
 HOSTILE = [
@@ -166,7 +178,7 @@ def test_migrate_is_idempotent(store: ClickHouseStore) -> None:
         r["name"] for r in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
     }
     assert {*TABLES, "schema_migrations"} <= tables
-    recorded = store.query("SELECT version, description FROM schema_migrations")
+    recorded = store.query("SELECT version, description FROM schema_migrations ORDER BY version")
     assert recorded == [{"version": v, "description": d} for v, d, _ in MIGRATIONS]
 
 
