@@ -70,8 +70,8 @@ def validate_batch(
 
     out: dict[str, pa.Array] = {}
     serial = _text(batch.column("serial"))
-    fail(pc.equal(pc.utf8_length(serial), 0), "serial is empty")
-    fail(pc.greater(pc.utf8_length(serial), MAX_TEXT), f"serial is longer than {MAX_TEXT} characters")
+    fail(pc.equal(pc.binary_length(serial), 0), "serial is empty")
+    fail(_too_long(serial), f"serial is longer than {MAX_TEXT} characters")
     fail(pc.match_substring_regex(serial, _CONTROL), "serial contains control characters")
     out["serial"] = serial  # its prefix/sequence split happens in the store's INSERT, on all cores
 
@@ -79,7 +79,7 @@ def validate_batch(
         if name in ("serial", "supplier_lots", "contact_consent") or name in TIME_FIELDS:
             continue
         text = _text(batch.column(name))
-        fail(pc.greater(pc.utf8_length(text), MAX_TEXT), f"{name} is longer than {MAX_TEXT} characters")
+        fail(_too_long(text), f"{name} is longer than {MAX_TEXT} characters")
         if name in IDENTITY_FIELDS:
             # Model and batch key the cells and the topic (``model|batch``): keep them printable.
             fail(pc.match_substring_regex(text, _CONTROL), f"{name} contains control characters")
@@ -131,6 +131,15 @@ def validate_batch(
     return ValidatedBatch(table, rejects)
 
 
+def _too_long(text: pa.Array) -> pa.Array:
+    """More than MAX_TEXT characters. Bytes bound characters from above, so counting characters
+    (which decodes UTF-8) is only needed when some value has more than MAX_TEXT bytes."""
+    long_bytes = pc.greater(pc.binary_length(text), MAX_TEXT)
+    if not pc.any(long_bytes).as_py():
+        return long_bytes
+    return pc.greater(pc.utf8_length(text), MAX_TEXT)
+
+
 def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Any column as non-null strings (nulls and missing CSV cells become "")."""
     if isinstance(column, pa.ChunkedArray):
@@ -155,7 +164,7 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
     else:
         text = pc.utf8_trim_whitespace(_text(column))
         empty = pc.equal(text, "")
-        is_date = pc.equal(pc.utf8_length(text), 10)
+        is_date = pc.equal(pc.binary_length(text), 10)
         days = _cast_or_null(pc.if_else(is_date, text, "1970-01-01"), pa.date32())
         times = _cast_or_null(
             pc.if_else(pc.or_(is_date, empty), "1970-01-01T00:00:00Z", text), pa.timestamp("s", tz="UTC")
@@ -219,7 +228,7 @@ def _lots(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     lot = parts.take(pa.array(np.arange(1, len(parts), 2)))
     bad_pair = pc.or_(
         pc.or_(pc.equal(component, ""), pc.equal(lot, "")),
-        pc.or_(pc.greater(pc.utf8_length(component), MAX_TEXT), pc.greater(pc.utf8_length(lot), MAX_TEXT)),
+        pc.or_(_too_long(component), _too_long(lot)),
     )
     bad_rows = np.zeros(n, dtype=bool)
     if pc.any(bad_pair).as_py():

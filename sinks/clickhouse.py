@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 
@@ -58,7 +58,7 @@ class ClickHouseStore(Protocol):
 
     def migrate(self) -> int: ...
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int: ...
-    def insert_arrow(self, table: str, data: Any) -> int: ...
+    def insert_arrow(self, table: str, data: Any, select: Mapping[str, str] | None = None) -> int: ...
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
@@ -136,6 +136,29 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if set(row) != keys:
             raise ValueError(f"row {i} has keys {sorted(row)}, expected {sorted(keys)}")
     return cols
+
+
+def _insert_select(data: Any, select: Mapping[str, str] | None) -> tuple[str, str]:
+    if select is None:
+        cols = ", ".join(_ident(c) for c in data.schema.names)
+        return cols, cols
+    return ", ".join(_ident(c) for c in select), ", ".join(select.values())
+
+
+def _arrow_to_ch(arrow_type: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type):
+        return f"Array({_arrow_to_ch(arrow_type.value_type)})"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "String"
+    if pa.types.is_integer(arrow_type):
+        return f"{'Int' if pa.types.is_signed_integer(arrow_type) else 'UInt'}{arrow_type.bit_width}"
+    if pa.types.is_floating(arrow_type):
+        return "Float64"
+    if pa.types.is_boolean(arrow_type):
+        return "UInt8"
+    raise TypeError(f"no ClickHouse column type for Arrow {arrow_type}")
 
 
 def _insert_value(value: Any) -> Any:
@@ -229,13 +252,17 @@ class ChdbStore:
         self._run(head + b"\n".join(lines).decode())
         return len(rows)
 
-    def insert_arrow(self, table: str, data: Any) -> int:
-        """Insert a pyarrow Table column-wise (chdb reads it in place: no JSON, no row objects)."""
+    def insert_arrow(self, table: str, data: Any, select: Mapping[str, str] | None = None) -> int:
+        """Insert a pyarrow Table column-wise (chdb reads it in place: no JSON, no row objects).
+
+        ``select`` maps target columns to SQL expressions over the table's columns (trusted SQL:
+        callers render any values with :func:`sql_literal`); by default columns go in by name.
+        """
         if data.num_rows == 0:
             return 0
-        cols = ", ".join(_ident(c) for c in data.schema.names)
+        targets, exprs = _insert_select(data, select)
         arrow_rows = data  # noqa: F841 -- chdb's Python() table function finds it by this name
-        sql = f"INSERT INTO {_ident(table)} ({cols}) SELECT {cols} FROM Python(arrow_rows)"
+        sql = f"INSERT INTO {_ident(table)} ({targets}) SELECT {exprs} FROM Python(arrow_rows)"
         with self._lock:
             if self._session is None:
                 raise ClickHouseError("store is closed")
@@ -346,13 +373,25 @@ class ServerStore:
         self._execute(f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) VALUES", data)
         return len(rows)
 
-    def insert_arrow(self, table: str, data: Any) -> int:
-        """Insert a pyarrow Table; the driver sends it column-wise."""
+    def insert_arrow(self, table: str, data: Any, select: Mapping[str, str] | None = None) -> int:
+        """Insert a pyarrow Table; the driver sends it column-wise (through a scratch table when
+        ``select`` computes columns, so the expressions run server-side exactly as on chdb)."""
         if data.num_rows == 0:
             return 0
         cols = ", ".join(_ident(c) for c in data.schema.names)
         columns = [data.column(c).to_pylist() for c in data.schema.names]
-        self._execute(f"INSERT INTO {_ident(table)} ({cols}) VALUES", columns, columnar=True)
+        if select is None:
+            self._execute(f"INSERT INTO {_ident(table)} ({cols}) VALUES", columns, columnar=True)
+            return int(data.num_rows)
+        scratch = f"scratch_{uuid4().hex[:12]}"
+        ddl = ", ".join(f"{_ident(f.name)} {_arrow_to_ch(f.type)}" for f in data.schema)
+        self._execute(f"CREATE TABLE {scratch} ({ddl}) ENGINE = Memory")
+        try:
+            self._execute(f"INSERT INTO {scratch} ({cols}) VALUES", columns, columnar=True)
+            targets, exprs = _insert_select(data, select)
+            self._execute(f"INSERT INTO {_ident(table)} ({targets}) SELECT {exprs} FROM {scratch}")
+        finally:
+            self._execute(f"DROP TABLE IF EXISTS {scratch}")
         return int(data.num_rows)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from registry.scope import Scope
 from registry.serials import SerialRange, range_of
 from registry.units import CONTACT_FIELDS, TIME_FIELDS
-from sinks.clickhouse import ClickHouseStore
+from sinks.clickhouse import ClickHouseStore, sql_literal
 
 STORED_FIELDS = (
     "model", "batch", "line", "plant", "produced_at", "lot_components", "lot_ids",
@@ -73,6 +74,13 @@ class RegistryStore:
         """
         if rows.num_rows == 0:
             return MergeResult(0, [])
+        span = pc.min_max(rows.column("serial")).as_py()
+        stored = self.store.query(
+            "SELECT count() AS n FROM units WHERE serial >= {lo} AND serial <= {hi}",
+            {"lo": span["min"], "hi": span["max"]},
+        )
+        if int(stored[0]["n"]) == 0:
+            return self._insert_new(rows, source, now)
         staging = f"units_staging_{uuid.uuid4().hex[:12]}"
         cols = rows.schema.names
         ddl = ", ".join(f"`{c}` {_STAGING_TYPES.get(c, 'String')}" for c in cols)
@@ -83,49 +91,52 @@ class RegistryStore:
         finally:
             self.store.query(f"DROP TABLE IF EXISTS {staging}")
 
+    def _insert_new(self, rows: pa.Table, source: str, now: int) -> MergeResult:
+        """No stored unit falls inside the batch's serial range (a first import, or new production):
+        nothing to merge, so the rows go straight in. Primary key only: costs a millisecond."""
+        cols = set(rows.schema.names)
+        if {"model", "batch"} <= cols:
+            complete = pc.and_(pc.not_equal(rows.column("model"), ""), pc.not_equal(rows.column("batch"), ""))
+        else:
+            complete = pa.array([False] * rows.num_rows)
+        missing = rows.filter(pc.invert(complete)).column("source_line").to_pylist()
+        good = rows.filter(complete)
+        select = {"serial": "serial", **dict(zip(SERIAL_PARTS, SERIAL_PARTS_SQL, strict=True))}
+        select.update({c: c for c in STORED_FIELDS if c in cols})
+        select.update(
+            source=sql_literal(source),
+            updated_at=f"toDateTime({int(now)})",
+            version=f"{version_base(now)} + toUInt64(source_line)",
+        )
+        self.store.insert_arrow("units", good, select=select)
+        return MergeResult(good.num_rows, [(int(line), NEEDS_IDENTITY) for line in missing])
+
     def _merge_from(self, staging: str, cols: set[str], source: str, now: int) -> MergeResult:
+        """Merge staged rows with the stored units they update (columns renamed ``o_*``)."""
         params = {"source": source, "now": int(now), "base": version_base(now)}
-        names = ", ".join(["serial", *SERIAL_PARTS, *STORED_FIELDS, "source", "updated_at", "version"])
-        tail = ["{source}", "toDateTime({now})", "{base} + source_line"]
-        total = int(self.store.query(f"SELECT count() AS n FROM {staging}")[0]["n"])
+        old = ", ".join(f"{c} AS o_{c}" for c in STORED_FIELDS)
+        joined = (
+            f"{staging} ANY LEFT JOIN (SELECT serial, {old} FROM units FINAL"
+            f" WHERE serial IN (SELECT serial FROM {staging})) AS old USING serial"
+        )
+        expr = {c: _merged(c, cols) for c in STORED_FIELDS}
+        complete = f"({expr['model']}) != '' AND ({expr['batch']}) != ''"
         rejects: list[tuple[int, str]] = []
-        if self._all_new(staging):
-            # First sight of every serial (the bulk of a first import): nothing to merge with.
-            present = [c for c in STORED_FIELDS if c in cols]
-            select = ", ".join(["serial", *SERIAL_PARTS_SQL, *present, *tail])
-            complete = "model != '' AND batch != ''" if {"model", "batch"} <= cols else "0"
+        if self._may_lack_identity(staging, cols):
             missing = self.store.query(
-                f"SELECT source_line FROM {staging} WHERE NOT ({complete}) ORDER BY source_line"
+                f"SELECT source_line FROM {joined} WHERE NOT ({complete}) ORDER BY source_line"
             )
             rejects = [(int(r["source_line"]), NEEDS_IDENTITY) for r in missing]
-            target = ", ".join(["serial", *SERIAL_PARTS, *present, "source", "updated_at", "version"])
-            self.store.query(
-                f"INSERT INTO units ({target}) SELECT {select} FROM {staging} WHERE {complete}", params
-            )
-        else:
-            old = ", ".join(f"{c} AS o_{c}" for c in STORED_FIELDS)
-            joined = (
-                f"{staging} ANY LEFT JOIN (SELECT serial, {old} FROM units FINAL"
-                f" WHERE serial IN (SELECT serial FROM {staging})) AS old USING serial"
-            )
-            expr = {c: _merged(c, cols) for c in STORED_FIELDS}
-            complete = f"({expr['model']}) != '' AND ({expr['batch']}) != ''"
-            if self._may_lack_identity(staging, cols):
-                missing = self.store.query(
-                    f"SELECT source_line FROM {joined} WHERE NOT ({complete}) ORDER BY source_line"
-                )
-                rejects = [(int(r["source_line"]), NEEDS_IDENTITY) for r in missing]
-            select = ", ".join(["serial", *SERIAL_PARTS_SQL, *(expr[c] for c in STORED_FIELDS), *tail])
-            self.store.query(
-                f"INSERT INTO units ({names}) SELECT {select} FROM {joined} WHERE {complete}", params
-            )
-        return MergeResult(total - len(rejects), rejects)
-
-    def _all_new(self, staging: str) -> bool:
-        row = self.store.query(
-            f"SELECT count() AS n FROM units WHERE serial IN (SELECT serial FROM {staging})"
+        names = ", ".join(["serial", *SERIAL_PARTS, *STORED_FIELDS, "source", "updated_at", "version"])
+        select = ", ".join(
+            ["serial", *SERIAL_PARTS_SQL, *(expr[c] for c in STORED_FIELDS),
+             "{source}", "toDateTime({now})", "{base} + source_line"]
+        )  # fmt: skip
+        self.store.query(
+            f"INSERT INTO units ({names}) SELECT {select} FROM {joined} WHERE {complete}", params
         )
-        return int(row[0]["n"]) == 0
+        total = int(self.store.query(f"SELECT count() AS n FROM {staging}")[0]["n"])
+        return MergeResult(total - len(rejects), rejects)
 
     def _may_lack_identity(self, staging: str, cols: set[str]) -> bool:
         if IDENTITY[0] not in cols or IDENTITY[1] not in cols:
@@ -187,24 +198,38 @@ class RegistryStore:
         return history, alerts
 
     def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
-        """Size, serial ranges, breakdowns and reachable customers of a scope."""
+        """Size, serial ranges, breakdowns and reachable customers of a scope.
+
+        The scope is read once (FINAL, skipping granules by index) into a small in-memory table of
+        just the columns the answers need; counting it four ways and finding its runs then costs
+        little. (Five passes over ``units`` took 90-160 ms at 10 M units; one takes 12-26 ms.)
+        """
         where, params = scope_sql(scope)
-        # One statement, four small answers. (The 18.16 server's sumMap takes numeric keys only.)
-        parts = [
-            f"SELECT '{dim}' AS dim, groupArray(k) AS keys, groupArray(n) AS counts FROM"
-            f" (SELECT {dim} AS k, count() AS n FROM units FINAL WHERE {where} GROUP BY k)"
-            for dim in ("region", "channel", "store")
-        ]
-        parts.append(
-            "SELECT 'total' AS dim, ['units', 'reachable'] AS keys, [count(),"
-            " countIf(contact_consent = 1 AND (customer_phone != '' OR customer_email != ''))] AS counts"
-            f" FROM units FINAL WHERE {where}"
+        picked = f"scope_{uuid.uuid4().hex[:12]}"
+        self.store.query(
+            f"CREATE TABLE {picked} ENGINE = Memory AS SELECT serial_prefix AS p, serial_width AS w,"
+            " serial_seq AS q, region, channel, store,"
+            " toUInt8(contact_consent = 1 AND (customer_phone != '' OR customer_email != '')) AS reachable"
+            f" FROM units FINAL WHERE {where}",
+            params,
         )
-        answer = {
-            r["dim"]: _counts(r["keys"], r["counts"])
-            for r in self.store.query(" UNION ALL ".join(parts), params)
-        }
-        ranges = self.ranges(where, params, limit=max_ranges + 1)
+        try:
+            # One statement, four small answers. (The 18.16 server's sumMap takes numeric keys only.)
+            parts = [
+                f"SELECT '{dim}' AS dim, groupArray(k) AS keys, groupArray(n) AS counts FROM"
+                f" (SELECT {dim} AS k, count() AS n FROM {picked} GROUP BY k)"
+                for dim in ("region", "channel", "store")
+            ]
+            parts.append(
+                "SELECT 'total' AS dim, ['units', 'reachable'] AS keys,"
+                f" [count(), sum(toUInt64(reachable))] AS counts FROM {picked}"
+            )
+            answer = {
+                r["dim"]: _counts(r["keys"], r["counts"]) for r in self.store.query(" UNION ALL ".join(parts))
+            }
+            ranges = self._ranges(picked, limit=max_ranges + 1)
+        finally:
+            self.store.query(f"DROP TABLE IF EXISTS {picked}")
         return {
             "units": answer["total"]["units"],
             "reachable_customers": answer["total"]["reachable"],
@@ -215,17 +240,17 @@ class RegistryStore:
             "by_store": answer["store"],
         }
 
-    def ranges(self, where: str, params: dict[str, Any], *, limit: int) -> list[SerialRange]:
+    def _ranges(self, picked: str, *, limit: int) -> list[SerialRange]:
         # Sorted sequence numbers minus their rank are constant along a run of consecutive serials.
         rows = self.store.query(
             "SELECT p, w, min(q) AS first, max(q) AS last FROM ("
             " SELECT p, w, q, k FROM ("
-            "  SELECT serial_prefix AS p, serial_width AS w, arraySort(groupUniqArray(serial_seq)) AS s,"
+            "  SELECT p, w, arraySort(groupUniqArray(q)) AS s,"
             "   arrayMap((x, i) -> toInt64(x) - i, s, arrayEnumerate(s)) AS ks"
-            f"  FROM units FINAL WHERE {where} GROUP BY p, w"
+            f"  FROM {picked} GROUP BY p, w"
             " ) ARRAY JOIN s AS q, ks AS k"
             ") GROUP BY p, w, k ORDER BY w = 0, p, w, first LIMIT {limit}",
-            {**params, "limit": limit},
+            {"limit": limit},
         )
         out = []
         for r in rows:

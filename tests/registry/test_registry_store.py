@@ -137,3 +137,24 @@ def test_resolve_ranges_breakdowns_and_lots(registry: RegistryStore, tmp_path: P
     assert [len(p) for p in pages] == [7, 7, 7, 3]
     assert "customer_email" not in pages[0][0]
     assert registry.units_in_field("A", "A2", at=NOW) == 9
+
+
+TRICKY_SERIALS = ["SN-000123", "12345", "AB12CD", "AB12CD7", "X" + "9" * 25, "Ünï-007", "a b 5", "0"]
+
+
+def test_sql_serial_split_agrees_with_the_pure_rule(registry: RegistryStore, tmp_path: Path) -> None:
+    from registry.serials import split_serial
+
+    path = write_csv(
+        tmp_path / "t.csv", ["serial", "model", "batch"], [[s, "M", "B"] for s in TRICKY_SERIALS]
+    )
+    assert import_files([path], registry, now=NOW, progress=False).loaded == len(TRICKY_SERIALS)
+    stored = registry.units_by_serial(TRICKY_SERIALS)
+    for serial in TRICKY_SERIALS:
+        parts = split_serial(serial)
+        row = stored[serial]
+        assert (row["serial_prefix"], row["serial_seq"], row["serial_width"]) == (
+            parts.prefix,
+            parts.seq,
+            parts.width,
+        ), serial

@@ -1,0 +1,92 @@
+"""Column-wise import checks: each rule, its message, and the line it reports."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from registry.tabular import FileColumnsError, check_columns, validate_batch
+
+
+def check(**columns: list[str]) -> tuple[list[dict], list[tuple[int, str]]]:
+    result = validate_batch(pa.table(columns), first_line=2)
+    return result.rows.to_pylist(), result.rejects
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("serial", "", "serial is empty"),
+        ("serial", "x" * 129, "serial is longer than 128 characters"),
+        ("serial", "a\tb", "serial contains control characters"),
+        ("model", "M|1", "model contains '|'"),
+        ("produced_at", "2024-02-30", "produced_at is not a date"),
+        ("produced_at", "2024-05-01T10:00:00", "produced_at is not a date"),  # no zone: refused, not guessed
+        ("produced_at", "1980-01-01", "produced_at is outside 1990..2100"),
+        ("shipped_at", "yesterday", "shipped_at is not a date"),
+        ("customer_email", "not-an-email", "customer_email is not an email address"),
+        ("customer_phone", "call me", "customer_phone is not a phone number"),
+        ("contact_consent", "maybe", "contact_consent must be true or false"),
+        ("supplier_lots", "battery", "supplier_lots must be component=lot pairs"),
+        ("supplier_lots", "battery=;motor=M1", "supplier_lots must be component=lot pairs"),
+        ("city", "x" * 200, "city is longer than 128 characters"),
+    ],
+)
+def test_each_rule_rejects_with_its_reason_and_line(column: str, value: str, reason: str) -> None:
+    cols = {"serial": ["SN-0", "SN-1" if column != "serial" else value]}
+    if column != "serial":
+        ok_value = {"produced_at": "2024-01-01", "shipped_at": "2024-01-01", "contact_consent": "no"}.get(
+            column, ""
+        )
+        cols[column] = [ok_value, value]
+    rows, rejects = check(**cols)
+    assert [r["serial"] for r in rows] == ["SN-0"]
+    assert len(rejects) == 1 and rejects[0][0] == 3 and rejects[0][1].startswith(reason), rejects
+    # The first row passes: one bad cell never takes its neighbours with it.
+
+
+def test_good_rows_are_typed() -> None:
+    rows, rejects = check(
+        serial=["SN-1", "SN-2"],
+        produced_at=["2024-05-01", "2024-05-01T10:00:00+02:00"],
+        shipped_at=["", "2024-05-02T00:00:00Z"],
+        supplier_lots=["battery=B-1; motor = M-2", ""],
+        contact_consent=["Yes", ""],
+    )
+    assert rejects == []
+    assert rows[0]["produced_at"] == 1_714_521_600 and rows[1]["produced_at"] == 1_714_550_400
+    assert rows[0]["shipped_at"] == 0
+    assert (rows[0]["lot_components"], rows[0]["lot_ids"]) == (["battery", "motor"], ["B-1", "M-2"])
+    assert (rows[1]["lot_components"], rows[1]["lot_ids"]) == ([], [])
+    assert [r["contact_consent"] for r in rows] == [1, 0]
+
+
+def test_order_of_dates_is_checked_within_a_row() -> None:
+    _, rejects = check(serial=["SN-1"], produced_at=["2024-05-02"], shipped_at=["2024-05-01"])
+    assert rejects == [(2, "shipped_at is before produced_at")]
+    _, rejects = check(serial=["SN-1"], shipped_at=["2024-05-02"], sold_at=["2024-05-01"])
+    assert rejects == [(2, "sold_at is before shipped_at")]
+
+
+def test_first_failing_rule_is_the_one_reported() -> None:
+    _, rejects = check(serial=[""], produced_at=["garbage"])
+    assert rejects == [(2, "serial is empty")]
+
+
+def test_parquet_timestamps_and_nulls() -> None:
+    table = pa.table(
+        {"serial": ["SN-1", None], "produced_at": pa.array([1_714_521_600, None], pa.timestamp("s"))}
+    )
+    result = validate_batch(table, first_line=1)
+    assert result.rows.to_pylist()[0]["produced_at"] == 1_714_521_600
+    assert result.rejects == [(2, "serial is empty")]
+
+
+def test_file_columns() -> None:
+    assert check_columns(["customer_email", "serial"]) == ("serial", "customer_email")
+    with pytest.raises(FileColumnsError, match="unknown columns"):
+        check_columns(["serial", "colour"])
+    with pytest.raises(FileColumnsError, match="no serial column"):
+        check_columns(["model"])
+    with pytest.raises(FileColumnsError, match="more than once"):
+        check_columns(["serial", "model", "model"])
