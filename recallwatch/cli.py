@@ -232,6 +232,9 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
     from sinks.registry_store import RegistryStore
 
     settings = _settings(args)
+    if args.publish and not settings.kafka.url:
+        print("--publish needs RW_KAFKA__URL (the running worker's broker)", file=sys.stderr)
+        return 2
     missing = [p for p in args.files if not Path(p).is_file()]
     if missing:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
@@ -239,9 +242,11 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
     store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
     try:
         store.migrate()
+        registry = RegistryStore(store)
         report = import_files(
-            [Path(p) for p in args.files], RegistryStore(store), now=int(time.time()), progress=not args.quiet
+            [Path(p) for p in args.files], registry, now=int(time.time()), progress=not args.quiet
         )
+        population = registry.field_population() if args.publish else []
     finally:
         store.close()
     for f in report.files:
@@ -252,6 +257,8 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
         if f.rejected > len(f.rejects):
             print(f"{f.path}: ... and {f.rejected - len(f.rejects)} more rejected rows", file=sys.stderr)
     summary = report.as_dict()
+    if args.publish and not any(f.error for f in report.files):
+        summary["populations_sent"] = publish_populations(settings, population)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -261,6 +268,34 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
             " rejected rows are kept in the rejects table (topic 'import')"
         )
     return 1 if any(f.error for f in report.files) else 0
+
+
+def publish_populations(settings: Settings, population: list[dict[str, Any]]) -> int:
+    """Send each (model, batch)'s units in the field to the worker as its rate denominator.
+
+    Counts are absolute (``population`` events set, never add), so publishing twice is harmless.
+    """
+    from streams.broker import bootstrap_of
+    from streams.producer import make_producer, send_event
+    from streams.records import Event
+
+    producer = make_producer(bootstrap_of(settings.kafka.url))
+    try:
+        for row in population:
+            at = datetime.fromtimestamp(int(row["at"]), UTC)
+            event = Event(
+                event_id=f"population:{row['model']}|{row['batch']}:{int(row['at'])}:{row['units']}",
+                kind="population",
+                occurred_at=at,
+                model=row["model"],
+                batch=row["batch"],
+                units=int(row["units"]),
+            )
+            send_event(producer, settings.kafka.events_topic, event)
+        producer.flush()
+    finally:
+        producer.close()
+    return len(population)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("files", nargs="+", metavar="FILE")
     imp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument(
+        "--publish",
+        action="store_true",
+        help="then send every (model, batch)'s units in the field to the worker (needs RW_KAFKA__URL)",
+    )
     imp.set_defaults(func=cmd_registry_import)
     return parser
 

@@ -289,27 +289,12 @@ class RegistryStore:
         )
         return int(row[0]["n"])
 
-    def shipped_by_day(self, cells: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
-        """Cumulative units shipped per (model, batch) at the end of each shipping day."""
-        where = "shipped_at > 0"
-        params: dict[str, Any] = {}
-        if cells is not None:
-            if not cells:
-                return []
-            where += " AND has({keys}, concat(model, '|', batch))"
-            params["keys"] = [f"{m}|{b}" for m, b in cells]
-        rows = self.store.query(
-            "SELECT model, batch, toUInt32(toStartOfDay(shipped_at)) AS day, count() AS n"
-            f" FROM units FINAL WHERE {where} GROUP BY model, batch, day ORDER BY model, batch, day",
-            params,
+    def field_population(self) -> list[dict[str, Any]]:
+        """Per (model, batch): units shipped so far and when the latest one shipped."""
+        return self.store.query(
+            "SELECT model, batch, max(shipped_at) AS at, count() AS units FROM units FINAL"
+            " WHERE shipped_at > 0 GROUP BY model, batch ORDER BY model, batch"
         )
-        total: dict[tuple[str, str], int] = {}
-        out = []
-        for r in rows:
-            key = (r["model"], r["batch"])
-            total[key] = total.get(key, 0) + int(r["n"])
-            out.append({"model": key[0], "batch": key[1], "day": int(r["day"]), "units": total[key]})
-        return out
 
 
 def _merged(col: str, present: set[str]) -> str:

@@ -122,3 +122,16 @@ def test_config_validation():
         DetectionConfig(bucket_s=DAY, windows_s=(60,))
     with pytest.raises(ValueError):
         DetectionConfig(detectors=())
+
+
+def test_population_sets_units_in_field_and_repeating_it_changes_nothing():
+    state = CellState("M", "B")
+    state.apply_shipment(CFG, 100, 0.0)
+    state.apply_incident(CFG, "overheat", 100, "e1", 0.0)
+    state.apply_population(CFG, 400, DAY / 2)  # the registry says 400, whatever was added before
+    assert state.units_in_field == 400
+    state.apply_population(CFG, 400, DAY / 2)  # a replayed count is the same count
+    assert state.units_in_field == 400
+    out = state.apply_population(CFG, 400, DAY + 1)
+    # Exposure: 100 units for the first half day, 400 for the second.
+    assert out.rates[0].exposure_unit_days == pytest.approx(100 * 0.5 + 400 * 0.5)
