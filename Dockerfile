@@ -16,6 +16,7 @@ COPY config ./config
 COPY core ./core
 COPY models ./models
 COPY recallwatch ./recallwatch
+COPY registry ./registry
 COPY sinks ./sinks
 COPY streams ./streams
 RUN pip install . \

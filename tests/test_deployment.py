@@ -310,6 +310,8 @@ def test_rw_variables_land_in_settings(
             expected = value.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(got, int | float | Path):
             expected = type(got)(value)
+        elif isinstance(got, dict | list):  # complex settings are JSON in the environment
+            expected = json.loads(value)
         else:
             expected = value
         assert got == expected, f"{name}: {var}={value!r} gave {got!r}"
@@ -320,6 +322,7 @@ def test_rw_variables_land_in_settings(
         assert not settings.slack.token, "the default Slack token must be empty (console alerts)"
     if name == "api":
         assert settings.api.host == "0.0.0.0"
+        assert settings.api.access_policy().anonymous_role is None, "a shared API must require keys"
 
 
 def test_kafka_url_matches_the_advertised_listener(services: dict[str, Any]) -> None:
