@@ -6,12 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from models.base import Detector
+from models.disproportionality import Disproportionality
 from models.poisson_cusum import PoissonCusum
 from models.river_page_hinkley import RiverPageHinkley
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
     PoissonCusum.name: PoissonCusum,
     RiverPageHinkley.name: RiverPageHinkley,
+    Disproportionality.name: Disproportionality,
 }
 
 
