@@ -17,7 +17,8 @@ Observation fields (all counts over the same trailing window unless noted):
 
 Only ``count`` and ``exposure`` are required: without peers the detector compares the cell with
 the rate it learned from its own in-control past, and criteria whose fields are missing are skipped.
-An alarm needs every criterion at once; the score is the weakest criterion's margin (>= 1 alarms).
+An alarm needs every criterion at once: the score is >= 1 exactly when all pass, and otherwise the
+margin of a failing one (the Poisson tail, the costly criterion, is only computed when it decides).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Disproportionality:
         min_count: float = 3.0,
         min_ratio: float = 2.0,
         min_model_ratio: float = 1.0,
-        min_growth: float = 0.0,
+        min_growth: float | None = None,
         max_p: float = 1e-4,
         need_related_recall: bool = False,
         warmup_steps: int = 14,
@@ -73,8 +74,8 @@ class Disproportionality:
         prior_exposure: float = 1_000.0,
         forget: float = 0.99,
     ) -> None:
-        if min_count < 1 or min_ratio < 1 or min_model_ratio < 0 or not 0 < max_p <= 1:
-            raise ValueError("need min_count >= 1, min_ratio >= 1, min_model_ratio >= 0, 0 < max_p <= 1")
+        if min_count < 1 or min_ratio < 0 or min_model_ratio < 0 or not 0 < max_p <= 1:
+            raise ValueError("need min_count >= 1, min_ratio >= 0, min_model_ratio >= 0, 0 < max_p <= 1")
         self.min_count = min_count
         self.min_ratio = min_ratio
         self.min_model_ratio = min_model_ratio
@@ -114,18 +115,22 @@ class Disproportionality:
         if rate is None or exposure <= 0:
             return 0.0
         expected = rate * exposure
-        margins = [count / self.min_count, (count / expected) / self.min_ratio if expected > 0 else math.inf]
-        p = poisson_upper_tail(count, expected)
-        margins.append(self.max_p / p if p > 0 else math.inf)
+        margins = [count / self.min_count]
+        if self.min_ratio > 0:  # 0 switches a criterion off (the naive count rule is all zeros)
+            margins.append((count / expected) / self.min_ratio if expected > 0 else math.inf)
         if self.min_model_ratio > 0 and "model_peer_count" in x:
             model_rate = (float(x["model_peer_count"]) + 0.5) / (float(x["model_peer_exposure"]) + 1.0)
             margins.append((count / exposure) / model_rate / self.min_model_ratio)
-        if "previous_count" in x:
+        if self.min_growth is not None and "previous_count" in x:
             growth = math.log((count + 1.0) / (float(x["previous_count"]) + 1.0))
             margins.append(math.exp(growth - self.min_growth))
         if self.need_related_recall and "related_recalls" in x:
             margins.append(1.0 if float(x["related_recalls"]) > 0 else 0.0)
-        return float(min(margins))
+        weakest = min(margins)
+        if weakest < 1.0 or self.max_p >= 1.0:
+            return float(weakest)  # the tail probability (the costly part) cannot change the verdict
+        p = poisson_upper_tail(count, expected)
+        return float(min(weakest, self.max_p / p if p > 0 else math.inf))
 
     def learn_one(self, x: Observation) -> None:
         count, exposure = read_observation(x)

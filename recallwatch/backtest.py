@@ -127,6 +127,8 @@ class BacktestConfig:
 
     def to_toml(self) -> str:
         lines = [
+            "# Backtest and detector settings (written by `recallwatch tune`; edit freely).",
+            "# engine: peers = disproportionality against other cells; cells = the worker's CellState.",
             "[backtest]",
             f'engine = "{self.engine}"',
             f"window_days = {self.window_days}",
@@ -136,7 +138,10 @@ class BacktestConfig:
             "[backtest.params]",
         ]
         for name, value in self.params:
-            lines.append(f"{name} = {str(value).lower() if isinstance(value, bool) else value!r}")
+            if value is None:  # absent means the detector's default: that criterion is off
+                continue
+            text = str(value).lower() if isinstance(value, bool) else repr(value)
+            lines.append(f"{name} = {text}")
         return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -298,6 +299,100 @@ def publish_populations(settings: Settings, population: list[dict[str, Any]]) ->
     return len(population)
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from recallwatch.backtest import (
+        DEFAULT_CONFIG,
+        BacktestConfig,
+        read_events,
+        read_truth,
+        run,
+        score_alarms,
+        write_alarms,
+    )
+
+    config = BacktestConfig.load(Path(args.config) if args.config else DEFAULT_CONFIG)
+    events = read_events(Path(args.events))
+    truth = read_truth(Path(args.truth))
+    started = time.perf_counter()
+    with tqdm(total=len(events), unit=" events", disable=args.json or len(events) < 100_000,
+              file=sys.stderr) as bar:  # fmt: skip
+        done = 0
+
+        def progress(i: int) -> None:
+            nonlocal done
+            bar.update(i - done)
+            done = i
+
+        alarms = run(events, truth, config, progress)
+        bar.update(len(events) - done)
+    elapsed = time.perf_counter() - started
+    write_alarms(alarms, Path(args.alarms_out))
+    result = {
+        **score_alarms(events, truth, alarms).as_dict(),
+        "alarms": len(alarms),
+        "events": len(events),
+        "events_per_s": round(len(events) / elapsed) if elapsed > 0 else None,
+        "config": dict(config.params) if config.engine == "peers" else {"engine": "cells"},
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"caught early {result['caught_early']}/{result['positives']} ({result['caught_early_rate']}),"
+            f" median lead {result['median_lead_days']} days, precision {result['precision']}"
+            f" over {result['alarm_episodes']} alarm episodes; {len(alarms)} alarms -> {args.alarms_out}"
+        )
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from recallwatch import tune
+    from recallwatch.backtest import DEFAULT_CONFIG, BacktestConfig, read_events, read_truth
+
+    base = BacktestConfig.load(Path(args.config) if args.config else DEFAULT_CONFIG)
+    events = read_events(Path(args.events))
+    truth = read_truth(Path(args.truth))
+    grid_points = list(tune.grid_points(tune.GRID))
+    points = [
+        tune.evaluate(events, truth, base, params)
+        for params in tqdm(grid_points, unit=" backtests", file=sys.stderr, disable=args.quiet)
+    ]
+    naive = tune.naive_rule(events, truth, base)
+    chosen = tune.choose(points, tune.GRID, args.min_caught, args.min_lead)
+    print(f"{'precision':>9} {'caught':>7} {'lead':>5} {'episodes':>8}  parameters")
+    print("Pareto front:")
+    for p in tune.pareto(points):
+        print(p.row())
+    print("naive trailing-count rule (min_count = T):")
+    for p in naive:
+        print(p.row())
+    if args.plot:
+        tune.plot(points, naive, chosen, Path(args.plot))
+        print(f"plot -> {args.plot}")
+    if chosen is None:
+        print(
+            f"no setting catches {args.min_caught} with a median lead of {args.min_lead} days",
+            file=sys.stderr,
+        )
+        return 1
+    print("chosen (best precision averaged with its grid neighbours):")
+    print(chosen.row())
+    window = int(chosen.params.get("window_days", base.window_days))
+    params = {k: v for k, v in chosen.params.items() if k != "window_days"}
+    chosen_config = dataclasses.replace(base.with_params(**params), window_days=window)
+    Path(args.out).write_text(chosen_config.to_toml())
+    print(f"config -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recallwatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,6 +438,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="then send every (model, batch)'s units in the field to the worker (needs RW_KAFKA__URL)",
     )
     imp.set_defaults(func=cmd_registry_import)
+    bt = sub.add_parser("backtest", help="replay labelled history through the detectors and score them")
+    bt.add_argument("--events", required=True, help="events CSV (../shared/data/nhtsa-dev format)")
+    bt.add_argument("--truth", required=True, help="recalls CSV: campaign,model,batch,component,recall_date")
+    bt.add_argument("--alarms-out", required=True, help="where to write model,batch,component,alarm_at")
+    bt.add_argument("--config", help="backtest TOML (default config/backtest.toml)")
+    bt.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    bt.set_defaults(func=cmd_backtest)
+    tn = sub.add_parser(
+        "tune", help="sweep detector parameters; print the trade-off; write the chosen config"
+    )
+    tn.add_argument("--events", required=True)
+    tn.add_argument("--truth", required=True)
+    tn.add_argument("--config", help="base backtest TOML (default config/backtest.toml)")
+    tn.add_argument("--out", default="backtest.tuned.toml", help="where to write the chosen config")
+    tn.add_argument("--plot", help="write the trade-off plot (PNG) here")
+    tn.add_argument("--min-caught", type=float, default=0.5, help="share of foreseeable recalls to catch")
+    tn.add_argument("--min-lead", type=float, default=90.0, help="median lead in days")
+    tn.add_argument("--quiet", action="store_true", help="no progress bar")
+    tn.set_defaults(func=cmd_tune)
     return parser
 
 
