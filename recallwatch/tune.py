@@ -2,9 +2,10 @@
 
 Every grid point is a full backtest. The trade-off (precision against caught-early rate and lead)
 is printed as a table of the Pareto front and drawn next to the naive trailing-count rule. The
-chosen point maximises precision *averaged with its grid neighbours*, among points that catch at
-least ``--min-caught`` of the foreseeable recalls with a median lead of ``--min-lead`` days: a
-setting whose neighbours are poor is a fit to this file's noise, not to the signal.
+chosen point is on the Pareto front and maximises precision *averaged with its grid neighbours*,
+among points that catch at least ``--min-caught`` of the foreseeable recalls with a median lead of
+``--min-lead`` days: a setting whose neighbours are poor is a fit to this file's noise, not to the
+signal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from recallwatch.backtest import BacktestConfig, HistoryEvent, run, score_alarms
 GRID: dict[str, tuple[Any, ...]] = {
     "window_days": (60, 90, 120, 180),  # the trailing window itself, not a detector parameter
     "min_count": (3, 4, 5, 6),
-    "min_ratio": (1.5, 2.0, 3.0),
+    "min_ratio": (0.0, 1.5, 2.0, 3.0),  # 0 switches a criterion off
     "min_model_ratio": (0.0, 2.0, 3.0),
     "min_growth": (None, 0.5),
     "need_related_recall": (False, True),
@@ -62,7 +63,8 @@ def evaluate(
 
 
 def naive_rule(events: list[HistoryEvent], truth: dict[Key, list[int]], base: BacktestConfig) -> list[Point]:
-    """Alarm when a key's trailing-window count reaches T: every other criterion switched off."""
+    """Alarm when a key's trailing 90-day count reaches T: every other criterion switched off."""
+    base = dataclasses.replace(base, window_days=90)
     off = {"min_ratio": 0.0, "min_model_ratio": 0.0, "min_growth": None, "need_related_recall": False,
            "max_p": 1.0}  # fmt: skip
     return [evaluate(events, truth, base, {**off, "min_count": t}) for t in NAIVE_COUNTS]
@@ -93,7 +95,9 @@ def choose(
                 near.append(index[key].precision)
         return statistics.fmean(near)
 
-    eligible = [p for p in points if p.caught >= min_caught and p.lead is not None and p.lead >= min_lead]
+    # Only the Pareto front: a point another beats on both precision and recall is never the answer.
+    front = pareto(points)
+    eligible = [p for p in front if p.caught >= min_caught and p.lead is not None and p.lead >= min_lead]
     return max(eligible, key=lambda p: (smoothed(p), p.precision, p.caught), default=None)
 
 
