@@ -393,6 +393,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recallwatch.calibrate import calibrate, config_text, in_control_events
+
+    settings = _settings(args)
+    base = settings.detection.to_core()
+    events = in_control_events(args.days, args.seed)
+    result, combined = calibrate(events, base, args.budget, steps=args.steps)
+    for c in result:
+        alone = f"{c.per_1000_cell_months:.3f}"
+        print(f"{c.name}: {c.params} -> {alone} false alarms per 1,000 cell-months alone")
+    print(
+        f"together: {combined.per_1000_cell_months:.3f} per 1,000 cell-months"
+        f" ({combined.episodes} episodes over {combined.cell_months:.0f} cell-months; budget {args.budget})"
+    )
+    Path(args.out).write_text(config_text(result, combined, args.budget, args.days, args.seed))
+    print(f"config -> {args.out}")
+    return 0 if combined.per_1000_cell_months <= args.budget else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recallwatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -457,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--min-lead", type=float, default=90.0, help="median lead in days")
     tn.add_argument("--quiet", action="store_true", help="no progress bar")
     tn.set_defaults(func=cmd_tune)
+    cal = sub.add_parser("calibrate", help="detector thresholds from a false-alarm budget, into a config")
+    cal.add_argument("--budget", type=float, default=1.0, help="false alarm episodes per 1,000 cell-months")
+    cal.add_argument("--days", type=int, default=720, help="days of in-control simulated history")
+    cal.add_argument("--seed", type=int, default=11)
+    cal.add_argument("--steps", type=int, default=12, help="bisection steps per detector")
+    cal.add_argument("--out", default="calibrated.toml")
+    cal.set_defaults(func=cmd_calibrate)
     return parser
 
 
