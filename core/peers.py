@@ -75,7 +75,7 @@ class PeerWindows:
         while self._recent and self._recent[0][0] <= t - self.window_s:
             old_t, key = self._recent.popleft()
             self.key_recent[key] -= 1
-            self.cell_recent[key[:2]] -= 1  # type: ignore[index]
+            self.cell_recent[(key[0], key[1])] -= 1
             self._previous.append((old_t, key))
             self.key_previous[key] += 1
         while self._previous and self._previous[0][0] <= t - 2 * self.window_s:

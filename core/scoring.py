@@ -88,9 +88,9 @@ def score(
             if early:
                 leads.append(int((d - min(early)) // DAY))
     n_episodes = hits = 0
-    for key, times in alarms.items():
+    for key, alarm_times in alarms.items():
         recall_dates = sorted(set(recalls.get(key, ())))
-        for t in episodes(times):
+        for t in episodes(alarm_times):
             n_episodes += 1
             i = bisect.bisect_left(recall_dates, t)
             hits += i < len(recall_dates) and recall_dates[i] <= t + YEAR

@@ -61,7 +61,9 @@ def validate_batch(
     failed_check = np.zeros(n, dtype=np.int32)
     messages: list[str] = []
 
-    def fail(bad: pa.Array, message: str) -> None:
+    def fail(bad: pa.Array | None, message: str) -> None:
+        if bad is None:  # a byte-level pre-check already showed no row can fail
+            return
         bad = pc.fill_null(bad, False)
         if not pc.any(bad).as_py():
             return
@@ -70,9 +72,11 @@ def validate_batch(
 
     out: dict[str, pa.Array] = {}
     serial = _text(batch.column("serial"))
-    fail(pc.equal(pc.binary_length(serial), 0), "serial is empty")
+    serial_offsets, _ = _raw(serial)
+    if serial_offsets is None or len(serial_offsets) < 2 or int(np.diff(serial_offsets).min()) == 0:
+        fail(pc.equal(pc.binary_length(serial), 0), "serial is empty")
     fail(_too_long(serial), f"serial is longer than {MAX_TEXT} characters")
-    fail(pc.match_substring_regex(serial, _CONTROL), "serial contains control characters")
+    fail(_control(serial), "serial contains control characters")
     out["serial"] = serial  # its prefix/sequence split happens in the store's INSERT, on all cores
 
     for name in present:
@@ -82,8 +86,8 @@ def validate_batch(
         fail(_too_long(text), f"{name} is longer than {MAX_TEXT} characters")
         if name in IDENTITY_FIELDS:
             # Model and batch key the cells and the topic (``model|batch``): keep them printable.
-            fail(pc.match_substring_regex(text, _CONTROL), f"{name} contains control characters")
-            fail(pc.match_substring(text, "|"), f"{name} contains '|'")
+            fail(_control(text), f"{name} contains control characters")
+            fail(_pipe(text), f"{name} contains '|'")
         out[name] = text
     if "customer_phone" in out:
         phone = out["customer_phone"]
@@ -131,13 +135,44 @@ def validate_batch(
     return ValidatedBatch(table, rejects)
 
 
-def _too_long(text: pa.Array) -> pa.Array:
-    """More than MAX_TEXT characters. Bytes bound characters from above, so counting characters
-    (which decodes UTF-8) is only needed when some value has more than MAX_TEXT bytes."""
-    long_bytes = pc.greater(pc.binary_length(text), MAX_TEXT)
-    if not pc.any(long_bytes).as_py():
-        return long_bytes
+def _too_long(text: pa.Array) -> pa.Array | None:
+    """More than MAX_TEXT characters (None: no value can be). Bytes bound characters from above, so
+    counting characters (which decodes UTF-8) is only needed when some value has more than MAX_TEXT
+    bytes, and the longest value in bytes comes straight from the offsets."""
+    offsets, _ = _raw(text)
+    if offsets is None or len(offsets) < 2 or int(np.diff(offsets).max()) <= MAX_TEXT:
+        return None
     return pc.greater(pc.utf8_length(text), MAX_TEXT)
+
+
+def _raw(text: pa.Array) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A string array's value offsets and the UTF-8 bytes they cover (None, None if not plain)."""
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        return None, None
+    _, offsets_buf, data_buf = text.buffers()
+    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=width)[text.offset : text.offset + len(text) + 1]
+    if data_buf is None or len(offsets) < 2:
+        return offsets, np.zeros(0, np.uint8)
+    return offsets, np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+
+
+def _control(text: pa.Array) -> pa.Array | None:
+    """Rows with a control character, or None when no byte is one. UTF-8 never uses bytes below
+    0x20 inside a multi-byte character, so one numpy pass over the bytes spares the regex (~20 ms
+    per column and million rows) on the clean files that are almost all of them."""
+    _, data = _raw(text)
+    if data is not None and not (data < 0x20).any():
+        return None
+    return pc.match_substring_regex(text, _CONTROL)
+
+
+def _pipe(text: pa.Array) -> pa.Array | None:
+    """Rows containing '|', or None when no byte is one (0x7C, likewise never inside a character)."""
+    _, data = _raw(text)
+    if data is not None and not (data == 0x7C).any():
+        return None
+    return pc.match_substring(text, "|")
 
 
 def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -146,7 +181,7 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
         column = column.combine_chunks()
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         column = pc.cast(column, pa.string())
-    return pc.fill_null(column, "")
+    return pc.fill_null(column, "") if column.null_count else column
 
 
 def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -165,15 +200,19 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
         text = pc.utf8_trim_whitespace(_text(column))
         empty = pc.equal(text, "")
         is_date = pc.equal(pc.binary_length(text), 10)
-        days = _cast_or_null(pc.if_else(is_date, text, "1970-01-01"), pa.date32())
+        # Exports tend to use one form per column: the other form's cast (and the if_else that
+        # blanks the rows it must not see) is skipped when no row has it (~40 ms per column).
+        any_date, any_empty = pc.any(is_date).as_py(), pc.any(empty).as_py()
         times = _cast_or_null(
-            pc.if_else(pc.or_(is_date, empty), "1970-01-01T00:00:00Z", text), pa.timestamp("s", tz="UTC")
+            pc.if_else(pc.or_(is_date, empty), "1970-01-01T00:00:00Z", text)
+            if any_date or any_empty
+            else text,
+            pa.timestamp("s", tz="UTC"),
         )
-        parsed = pc.if_else(
-            is_date,
-            pc.cast(pc.cast(days, pa.timestamp("s")), pa.int64()),
-            pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()),
-        )
+        parsed = pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64())
+        if any_date:
+            days = _cast_or_null(pc.if_else(is_date, text, "1970-01-01"), pa.date32())
+            parsed = pc.if_else(is_date, pc.cast(pc.cast(days, pa.timestamp("s")), pa.int64()), parsed)
         bad = pc.and_(pc.invert(empty), pc.is_null(parsed))
     epoch = pc.if_else(pc.or_(empty, bad), 0, parsed)
     out_of_range = pc.and_(
@@ -226,10 +265,10 @@ def _lots(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     parts = pc.utf8_trim_whitespace(pc.list_flatten(split))
     component = parts.take(pa.array(np.arange(0, len(parts), 2)))
     lot = parts.take(pa.array(np.arange(1, len(parts), 2)))
-    bad_pair = pc.or_(
-        pc.or_(pc.equal(component, ""), pc.equal(lot, "")),
-        pc.or_(_too_long(component), _too_long(lot)),
-    )
+    bad_pair = pc.or_(pc.equal(component, ""), pc.equal(lot, ""))
+    for too_long in (_too_long(component), _too_long(lot)):
+        if too_long is not None:
+            bad_pair = pc.or_(bad_pair, too_long)
     bad_rows = np.zeros(n, dtype=bool)
     if pc.any(bad_pair).as_py():
         row_of_pair = np.repeat(np.arange(n), lengths)

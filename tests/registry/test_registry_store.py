@@ -158,3 +158,16 @@ def test_sql_serial_split_agrees_with_the_pure_rule(registry: RegistryStore, tmp
             parts.seq,
             parts.width,
         ), serial
+
+
+def test_lookup_sees_an_alert_on_a_cell_that_had_none(registry: RegistryStore, tmp_path: Path) -> None:
+    mes = write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())
+    import_files([mes], registry, now=NOW, progress=False)
+    assert registry.related("A", "A1", "A-000001") == ([], [])
+    registry.store.insert(
+        "alerts",
+        [{"alert_id": "al1", "opened_at": NOW, "model": "A", "batch": "A1", "failure_mode": "fire",
+          "detector": "cusum", "score": 2.5}],
+    )  # fmt: skip
+    _history, alerts = registry.related("A", "A1", "A-000001")
+    assert [a["alert_id"] for a in alerts] == ["al1"]

@@ -90,3 +90,15 @@ def test_file_columns() -> None:
         check_columns(["model"])
     with pytest.raises(FileColumnsError, match="more than once"):
         check_columns(["serial", "model", "model"])
+
+
+def test_byte_level_prechecks_see_only_the_batch_and_every_form() -> None:
+    # A slice shares its parent's buffers: bad bytes outside it must not reject (or hide) rows in it.
+    parent = pa.table({"serial": ["a\tb", "S-1", "S-2", "x|y"], "model": ["M|1", "M", "M", "M\n"]})
+    inside = validate_batch(parent.slice(1, 2), first_line=2)
+    assert inside.rejects == [] and inside.rows.column("serial").to_pylist() == ["S-1", "S-2"]
+    whole = validate_batch(parent, first_line=2)
+    assert [line for line, _ in whole.rejects] == [2, 5]
+    # Dates, times and blanks mixed in one column still take the general path.
+    rows, rejects = check(serial=["a", "b", "c"], produced_at=["2024-01-02", "2024-01-02T03:00:00Z", ""])
+    assert rejects == [] and [r["produced_at"] for r in rows] == [1704153600, 1704164400, 0]

@@ -24,6 +24,17 @@ from sinks.schema import MIGRATIONS, TABLES, row_counts
 
 T0 = 1_700_000_000  # DateTime values go in and come out as int epoch seconds
 
+UNIT_ROWS = [
+    {
+        "serial": f"SN-{i:04d}", "serial_prefix": "SN-", "serial_seq": i, "serial_width": 4, "model": "M",
+        "batch": "B", "line": "L1", "plant": "P", "produced_at": T0, "lot_components": ["battery"],
+        "lot_ids": [f"LOT-{i}"], "shipped_at": 0, "channel": "", "distributor": "", "retailer": "",
+        "store": "", "region": "EU", "city": "", "sold_at": 0, "customer_id": "", "customer_phone": "",
+        "customer_email": "", "member_id": "", "contact_consent": 0, "source": "t", "updated_at": T0,
+        "version": 1,
+    }
+    for i in range(2)
+]  # fmt: skip
 SAMPLE_ROWS: dict[str, list[dict[str, Any]]] = {
     "events": [
         {
@@ -99,17 +110,7 @@ SAMPLE_ROWS: dict[str, list[dict[str, Any]]] = {
     "alert_deliveries": [
         {"alert_id": "a1", "channel": "slack", "status": "sent", "detail": "", "delivered_at": T0 + 0.25}
     ],
-    "units": [
-        {
-            "serial": f"SN-{i:04d}", "serial_prefix": "SN-", "serial_seq": i, "serial_width": 4, "model": "M",
-            "batch": "B", "line": "L1", "plant": "P", "produced_at": T0, "lot_components": ["battery"],
-            "lot_ids": [f"LOT-{i}"], "shipped_at": 0, "channel": "", "distributor": "", "retailer": "",
-            "store": "", "region": "EU", "city": "", "sold_at": 0, "customer_id": "", "customer_phone": "",
-            "customer_email": "", "member_id": "", "contact_consent": 0, "source": "t", "updated_at": T0,
-            "version": 1,
-        }
-        for i in range(2)
-    ],  # fmt: skip
+    "units": UNIT_ROWS,
 }
 ORDER = {
     "events": "event_id",
