@@ -140,6 +140,7 @@ class CaseBook:
         self._identities: dict[str, SignalIdentity] = {}
         self._scopes: dict[str, frozenset[SignalIdentity]] = {}
         self._alert_ids: dict[str, set[str]] = {}
+        self._commands: dict[str, tuple[str, int]] = {}  # command_id -> (case_id, seq of its first event)
         for event in sorted(events, key=lambda e: (e.case_id, e.seq)):
             self.apply(event)
 
@@ -178,7 +179,38 @@ class CaseBook:
         alert = event.data.get("alert")
         if isinstance(alert, Mapping) and alert.get("alert_id"):
             self._alert_ids.setdefault(event.case_id, set()).add(str(alert["alert_id"]))
+        command_id = event.data.get("command_id")
+        if command_id:
+            self._commands.setdefault(str(command_id), (event.case_id, event.seq))
+        if event.action is Action.SILENCE and updated is not case:
+            self._silence_from(event)
         return updated
+
+    def command_events(self, command_id: str) -> list[CaseEvent]:
+        """The events a command already produced (empty if it never ran): commands are idempotent."""
+        found = self._commands.get(command_id)
+        if found is None:
+            return []
+        history = self._cases[found[0]].history
+        return [e for e in history[found[1] - 1 :] if e.data.get("command_id") == command_id]
+
+    def _silence_from(self, event: CaseEvent) -> None:
+        """A silence event replaces any earlier silence of the same identity (``until`` <= at ends it)."""
+        identity = self._identities[event.case_id]
+        self.silences = [s for s in self.silences if s.identity != identity]
+        until = float(event.data["until"])
+        if until > event.at:
+            self.silences.append(Silence(identity, until, event.reason, event.actor))
+
+    def silence(
+        self, identity: SignalIdentity, *, until: float, actor: str, at: float, reason: str, **data: Any
+    ) -> CaseEvent:
+        """Mute alerts of ``identity`` until ``until`` (an ``until`` not after ``at`` lifts the silence)."""
+        Silence(identity, until, reason, actor)  # validates before anything is recorded
+        payload = {"identity": identity.to_list(), "until": until, **data}
+        return self.act(
+            case_id_for(identity), Action.SILENCE, actor=actor, at=at, reason=reason, data=payload
+        )
 
     def act(self, case_id: str, action: Action, **kwargs: Any) -> CaseEvent:
         """A person's action on a case (see ``Case.next_event`` for the keywords); returns the event."""

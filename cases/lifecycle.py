@@ -22,7 +22,8 @@ True
 Traceback (most recent call last):
 ...
 cases.lifecycle.InvalidTransition: cannot launch_campaign a case in state decided (decision monitor); \
-allowed actions: close, reassess, evidence, mute
+allowed actions: close, reassess, evidence, mute, silence, assign, acknowledge, add_task, \
+complete_task, escalate
 """
 
 from __future__ import annotations
@@ -60,9 +61,17 @@ class Action(StrEnum):
     REOPEN = "reopen"
     EVIDENCE = "evidence"
     MUTE = "mute"
+    ASSIGN = "assign"
+    ACKNOWLEDGE = "acknowledge"
+    SCORE = "score"
+    ADD_TASK = "add_task"
+    COMPLETE_TASK = "complete_task"
+    ESCALATE = "escalate"
+    SILENCE = "silence"
 
 
 S, D, A = State, Decision, Action
+_LIVE_NOTES = (A.ASSIGN, A.ACKNOWLEDGE, A.ADD_TASK)
 
 CONTEXTS: Final[tuple[tuple[State, Decision | None], ...]] = (
     (S.NEW, None),
@@ -86,9 +95,15 @@ TRANSITIONS: Final[Mapping[tuple[State, Decision | None, Action], State]] = Mapp
         (S.DECIDED, D.MONITOR, A.REASSESS): S.ASSESSING,
         (S.CLOSED, D.MONITOR, A.REOPEN): S.OPEN,
         (S.CLOSED, D.DISMISS, A.REOPEN): S.OPEN,
-        # Annotations: the state stays. Evidence needs a case; a muted alert may precede one.
+        # Annotations: the state stays. Evidence needs a case; a muted alert or a silence may precede
+        # one. People are assigned and acknowledge while the case is live; scores belong to an
+        # assessment; tasks are added while live and may still be completed or escalate after close.
         **{(s, d, A.EVIDENCE): s for s, d in CONTEXTS if s is not S.NEW},
         **{(s, d, A.MUTE): s for s, d in CONTEXTS},
+        **{(s, d, A.SILENCE): s for s, d in CONTEXTS},
+        **{(s, d, a): s for s, d in CONTEXTS if s not in (S.NEW, S.CLOSED) for a in _LIVE_NOTES},
+        (S.ASSESSING, None, A.SCORE): S.ASSESSING,
+        **{(s, d, a): s for s, d in CONTEXTS if s is not S.NEW for a in (A.COMPLETE_TASK, A.ESCALATE)},
     }
 )
 """The complete state machine: (state, decision in force, action) -> new state. Anything else is invalid."""

@@ -16,7 +16,17 @@ from sinks.clickhouse import ClickHouseError
 if TYPE_CHECKING:
     from sinks.clickhouse import ClickHouseStore
 
-TABLES = ("events", "rates", "alerts", "rejects", "alert_deliveries", "units")
+TABLES = (
+    "events",
+    "rates",
+    "alerts",
+    "rejects",
+    "alert_deliveries",
+    "units",
+    "case_events",
+    "case_command_results",
+    "case_threads",
+)
 
 
 class SpeedOnly(str):
@@ -110,6 +120,34 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             SpeedOnly(
                 "ALTER TABLE units ADD INDEX IF NOT EXISTS ix_lots lot_ids TYPE bloom_filter GRANULARITY 1"
             ),
+        ],
+    ),
+    (
+        3,
+        "recall cases: case_events, case_command_results, case_threads",
+        [
+            # The case log, append-only: (case_id, seq) is an event's identity, so writing an event
+            # again after a crash collapses onto the first copy. The state is never stored; it is
+            # the fold of the log (cases.lifecycle.Case.replay). `data` is the event's JSON payload.
+            """CREATE TABLE IF NOT EXISTS case_events (
+                case_id String, seq UInt32, at Float64, actor String, action String, from_state String,
+                to_state String, reason String, data String, identity String, command_id String,
+                recorded_at Float64
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (case_id, seq)""",
+            # What became of each command (ok with the events' seqs, or refused with why): the API
+            # waits on this row to answer a caller whose command the worker carried out.
+            """CREATE TABLE IF NOT EXISTS case_command_results (
+                command_id String, case_id String, status String, detail String, seqs Array(UInt32),
+                recorded_at Float64
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY command_id""",
+            # Where a case's Slack thread is and how far it got: the highest seq wins, so a restart
+            # resumes after the last event posted instead of posting the thread again.
+            """CREATE TABLE IF NOT EXISTS case_threads (
+                case_id String, channel String, ts String, posted_seq UInt32, updated_at Float64
+            ) ENGINE = ReplacingMergeTree(posted_seq)
+            ORDER BY case_id""",
         ],
     ),
 ]

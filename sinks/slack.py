@@ -4,6 +4,7 @@ Delivery never drops an alert. Transient failures (connection errors, HTTP 5xx, 
 retried forever with capped exponential backoff; permanent Slack errors (bad token, unknown
 channel, rejected blocks) return a "failed" :class:`DeliveryResult` at once so the caller can
 record it and fall back to the console instead of retrying something that can never succeed.
+The retry loop (:func:`call_slack`) is shared with the case-thread notifier in sinks.slack_threads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from core.alerts import ALL_MODES, Alert
 
@@ -87,15 +89,18 @@ def _facts(alert: Alert) -> list[tuple[str, str]]:
     ]
 
 
+def header_text(text: str) -> str:
+    """``text`` cut to what a Block Kit header accepts (longer ones fail with invalid_blocks)."""
+    return text if len(text) <= _HEADER_MAX_CHARS else text[: _HEADER_MAX_CHARS - 1] + "…"
+
+
 def _title(alert: Alert) -> str:
     return f"Potential recall: {alert.model} batch {alert.batch}"
 
 
 def build_alert_blocks(alert: Alert, alert_url: str) -> tuple[str, list[dict[str, Any]]]:
     """Fallback text and Block Kit blocks for ``alert``; pure, so it is tested without Slack."""
-    title = _title(alert)
-    if len(title) > _HEADER_MAX_CHARS:
-        title = title[: _HEADER_MAX_CHARS - 1] + "…"
+    title = header_text(_title(alert))
     fields = [
         {"type": "mrkdwn", "text": f"*{label}*\n{escape_mrkdwn(value)}"} for label, value in _facts(alert)
     ]
@@ -159,6 +164,64 @@ def _classify(exc: SlackApiError) -> tuple[str, _Retry | None]:
     return error, None
 
 
+class SlackPermanentError(Exception):
+    """A Slack call that can never succeed as sent (bad token, unknown channel, rejected blocks).
+
+    ``thread`` is set by thread delivery when the failure came after the thread's root was posted,
+    so the caller keeps that root instead of posting a second one next time.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.thread: Any = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff; ``sleep`` is injectable so tests do not wait."""
+
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+
+async def call_slack(
+    call: Callable[[], Awaitable[AsyncSlackResponse]], *, what: str, policy: RetryPolicy
+) -> AsyncSlackResponse:
+    """Run one Slack API call until it succeeds, retrying transient failures forever.
+
+    Retrying forever (never dropping) is the point: while Slack is down a caller that awaits its
+    notifications one by one simply queues behind this call and delivers everything, in order,
+    once Slack is back. Permanent errors raise :class:`SlackPermanentError` at once instead.
+    """
+    backoff = policy.initial_backoff_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except SlackApiError as exc:
+            error, retry = _classify(exc)
+            if retry is None:
+                raise SlackPermanentError(error) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            retry = _Retry(f"{type(exc).__name__}: {exc}")
+        delay = retry.wait_s if retry.wait_s is not None else backoff
+        log.warning("slack %s failed (attempt %d, %s); retrying in %.1fs", what, attempt, retry.reason, delay)
+        await policy.sleep(delay)
+        backoff = min(backoff * 2, policy.max_backoff_s)
+
+
+def web_client(token: str, base_url: str | None, timeout_s: int) -> AsyncWebClient:
+    # retry_handlers=[] turns off slack-sdk's own (one-shot connection-error) retry so call_slack
+    # alone decides what is retried. No session is passed: slack-sdk then opens and closes one per
+    # call, so nothing is tied to (or leaks from) a particular event loop.
+    return AsyncWebClient(
+        token=token, base_url=base_url or AsyncWebClient.BASE_URL, timeout=timeout_s, retry_handlers=[]
+    )
+
+
 class SlackNotifier:
     def __init__(
         self,
@@ -177,51 +240,25 @@ class SlackNotifier:
         self.api_base_url = api_base_url.rstrip("/")
         self.max_backoff_s = max_backoff_s
         self.initial_backoff_s = initial_backoff_s
-        self._sleep = sleep
+        self._policy = RetryPolicy(initial_backoff_s, max_backoff_s, sleep)
         self._now = now
-        # retry_handlers=[] turns off slack-sdk's own (one-shot connection-error) retry so this
-        # class alone decides what is retried. No session is passed: slack-sdk then opens and
-        # closes one per call, so nothing is tied to (or leaks from) a particular event loop.
-        self.client = AsyncWebClient(
-            token=token,
-            base_url=base_url or AsyncWebClient.BASE_URL,
-            timeout=timeout_s,
-            retry_handlers=[],
-        )
+        self.client = web_client(token, base_url, timeout_s)
 
     def alert_url(self, alert: Alert) -> str:
         return f"{self.api_base_url}/v1/alerts/{alert.alert_id}"
 
     async def notify(self, alert: Alert) -> DeliveryResult:
         text, blocks = build_alert_blocks(alert, self.alert_url(alert))
-        backoff = self.initial_backoff_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                resp = await self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
-            except SlackApiError as exc:
-                error, retry = _classify(exc)
-                if retry is None:
-                    log.error("slack delivery of alert %s failed permanently: %s", alert.alert_id, error)
-                    return self._result(alert, self.channel, "failed", error)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                retry = _Retry(f"{type(exc).__name__}: {exc}")
-            else:
-                return self._result(
-                    alert, str(resp.get("channel", self.channel)), "delivered", str(resp["ts"])
-                )
-
-            delay = retry.wait_s if retry.wait_s is not None else backoff
-            log.warning(
-                "slack delivery of alert %s failed (attempt %d, %s); retrying in %.1fs",
-                alert.alert_id,
-                attempt,
-                retry.reason,
-                delay,
+        try:
+            resp = await call_slack(
+                lambda: self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks),
+                what=f"delivery of alert {alert.alert_id}",
+                policy=self._policy,
             )
-            await self._sleep(delay)
-            backoff = min(backoff * 2, self.max_backoff_s)
+        except SlackPermanentError as exc:
+            log.error("slack delivery of alert %s failed permanently: %s", alert.alert_id, exc.error)
+            return self._result(alert, self.channel, "failed", exc.error)
+        return self._result(alert, str(resp.get("channel", self.channel)), "delivered", str(resp["ts"]))
 
     def _result(self, alert: Alert, channel: str, status: str, detail: str) -> DeliveryResult:
         return DeliveryResult(alert.alert_id, channel, status, detail, self._now())

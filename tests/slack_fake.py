@@ -10,6 +10,7 @@ async code, call the blocking ``wait_for_calls`` via ``asyncio.to_thread``).
         fake.rate_limit_next(1, retry_after=3)
         fake.error_next(1, "channel_not_found")
         fake.down(); fake.up()              # refuse connections, then listen on the same port again
+        fake.message("C1", ts), fake.replies("C1", ts)  # a message as updated now, its thread replies
 """
 
 from __future__ import annotations
@@ -134,6 +135,20 @@ class SlackFake:
         with self._cond:
             return [c for c in self.calls if c.ok]
 
+    def message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """The message as Slack holds it now (after any chat.update), or None if never posted."""
+        with self._cond:
+            found = self._messages.get((channel, ts))
+            return None if found is None else dict(found)
+
+    def replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The messages posted in the thread of ``thread_ts``, oldest first (the root excluded)."""
+        with self._cond:
+            found = [
+                m for (c, _), m in self._messages.items() if c == channel and m.get("thread_ts") == thread_ts
+            ]
+            return [dict(m) for m in sorted(found, key=lambda m: float(m["ts"]))]
+
     def wait_for_calls(self, n: int, timeout: float = 5.0) -> list[Call]:
         """Block until at least ``n`` calls (of any outcome) were received; return them all."""
         with self._cond:
@@ -169,6 +184,8 @@ class SlackFake:
             self._ts_seq += 1
             ts = f"{self._ts_base}.{self._ts_seq:06d}"  # increasing both as strings and as floats
             message = {"text": body.get("text", ""), "blocks": body.get("blocks", []), "ts": ts}
+            if body.get("thread_ts"):
+                message["thread_ts"] = str(body["thread_ts"])
             self._messages[(channel, ts)] = message
             return 200, {"ok": True, "channel": channel, "ts": ts, "message": dict(message)}, {}
         ts = str(body.get("ts", ""))

@@ -36,6 +36,13 @@ COLUMNS: list[tuple[Action, Decision | None]] = [
     (A.REOPEN, None),
     (A.EVIDENCE, None),
     (A.MUTE, None),
+    (A.ASSIGN, None),
+    (A.ACKNOWLEDGE, None),
+    (A.SCORE, None),
+    (A.ADD_TASK, None),
+    (A.COMPLETE_TASK, None),
+    (A.ESCALATE, None),
+    (A.SILENCE, None),
 ]
 
 # The state machine, written out by hand (not derived from TRANSITIONS): one row per reachable
@@ -44,17 +51,17 @@ NEW, OPN, ASG, DEC, CMP, CLS = S.NEW, S.OPEN, S.ASSESSING, S.DECIDED, S.CAMPAIGN
 REC, MON, DIS = D.RECALL, D.MONITOR, D.DISMISS
 # fmt: off
 TABLE: dict[tuple[State, Decision | None], tuple[State | type[InvalidTransition], ...]] = {
-    #              open assess  dec:R dec:M dec:D launch close reassess reopen evidence mute
-    (NEW, None): (OPN,  X,     X,    X,    X,    X,     X,    X,       X,     X,       NEW),
-    (OPN, None): (X,    ASG,   X,    X,    X,    X,     X,    X,       X,     OPN,     OPN),
-    (ASG, None): (X,    X,     DEC,  DEC,  DEC,  X,     X,    X,       X,     ASG,     ASG),
-    (DEC, REC):  (X,    X,     X,    X,    X,    CMP,   X,    X,       X,     DEC,     DEC),
-    (DEC, MON):  (X,    X,     X,    X,    X,    X,     CLS,  ASG,     X,     DEC,     DEC),
-    (DEC, DIS):  (X,    X,     X,    X,    X,    X,     CLS,  X,       X,     DEC,     DEC),
-    (CMP, REC):  (X,    X,     X,    X,    X,    X,     CLS,  X,       X,     CMP,     CMP),
-    (CLS, REC):  (X,    X,     X,    X,    X,    X,     X,    X,       X,     CLS,     CLS),
-    (CLS, MON):  (X,    X,     X,    X,    X,    X,     X,    X,       OPN,   CLS,     CLS),
-    (CLS, DIS):  (X,    X,     X,    X,    X,    X,     X,    X,       OPN,   CLS,     CLS),
+    #              open assess  dec:R dec:M dec:D launch close reassess reopen evidence mute  assign ack  score task done  escal silence
+    (NEW, None): (OPN,  X,     X,    X,    X,    X,     X,    X,       X,     X,       NEW,  X,     X,   X,    X,   X,    X,    NEW),
+    (OPN, None): (X,    ASG,   X,    X,    X,    X,     X,    X,       X,     OPN,     OPN,  OPN,   OPN, X,    OPN, OPN,  OPN,  OPN),
+    (ASG, None): (X,    X,     DEC,  DEC,  DEC,  X,     X,    X,       X,     ASG,     ASG,  ASG,   ASG, ASG,  ASG, ASG,  ASG,  ASG),
+    (DEC, REC):  (X,    X,     X,    X,    X,    CMP,   X,    X,       X,     DEC,     DEC,  DEC,   DEC, X,    DEC, DEC,  DEC,  DEC),
+    (DEC, MON):  (X,    X,     X,    X,    X,    X,     CLS,  ASG,     X,     DEC,     DEC,  DEC,   DEC, X,    DEC, DEC,  DEC,  DEC),
+    (DEC, DIS):  (X,    X,     X,    X,    X,    X,     CLS,  X,       X,     DEC,     DEC,  DEC,   DEC, X,    DEC, DEC,  DEC,  DEC),
+    (CMP, REC):  (X,    X,     X,    X,    X,    X,     CLS,  X,       X,     CMP,     CMP,  CMP,   CMP, X,    CMP, CMP,  CMP,  CMP),
+    (CLS, REC):  (X,    X,     X,    X,    X,    X,     X,    X,       X,     CLS,     CLS,  X,     X,   X,    X,   CLS,  CLS,  CLS),
+    (CLS, MON):  (X,    X,     X,    X,    X,    X,     X,    X,       OPN,   CLS,     CLS,  X,     X,   X,    X,   CLS,  CLS,  CLS),
+    (CLS, DIS):  (X,    X,     X,    X,    X,    X,     X,    X,       OPN,   CLS,     CLS,  X,     X,   X,    X,   CLS,  CLS,  CLS),
 }
 # fmt: on
 

@@ -1,0 +1,95 @@
+"""The case desk: the one writer of a case's log, gluing the pure case core to ClickHouse.
+
+Why one writer: a case event's seq is "the next number", which only one process may hand out.
+Alerts and commands for a case are keyed by its id on the alerts topic, so exactly one worker
+handles a case at a time and runs it through this desk; the API reads the log and sends commands.
+Everything is idempotent: an alert already on the case and a command already carried out change
+nothing, so a worker killed before acking replays its input harmlessly.
+
+Before each input the desk folds in events other workers wrote (a rebalance can move a case, and a
+campaign on one case mutes alerts of another), looking back a margin to absorb clock skew.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cases.commands import Command, CommandRefused, UnknownCase, execute, overdue_commands
+from cases.identity import CaseBook
+from cases.lifecycle import CaseEvent, ConflictingEvent, InvalidTransition
+from cases.risk import RiskMatrix
+from cases.view import CaseView, view_of, view_to_dict
+from sinks.case_store import CaseStore, CommandResult, seqs_of
+
+log = logging.getLogger("recallwatch.cases")
+REFRESH_MARGIN_S = 120.0
+
+
+class CaseDesk:
+    def __init__(self, store: CaseStore, matrix: RiskMatrix, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.matrix = matrix
+        self.clock = clock
+        self.book: CaseBook | None = None
+        self._watermark = 0.0
+        self._lock = threading.Lock()  # the API's direct mode and tests call from several threads
+
+    def refresh(self) -> CaseBook:
+        """The book with every stored event folded in (the whole log the first time)."""
+        now = self.clock()
+        if self.book is None:
+            self.book = CaseBook(self.store.events())
+        else:
+            for event in self.store.events(since=self._watermark - REFRESH_MARGIN_S):
+                try:
+                    self.book.apply(event)
+                except (ConflictingEvent, InvalidTransition, ValueError) as exc:
+                    # Two writers gave one seq different events (only possible across a rebalance):
+                    # the stored copy is what readers see; say so loudly rather than stop.
+                    log.error("case log conflict on %s #%d: %s", event.case_id, event.seq, exc)
+        self._watermark = now
+        return self.book
+
+    def on_alert(self, alert: Mapping[str, Any], at: float) -> list[CaseEvent]:
+        """Record what an alert does to its case (open, evidence, re-open, mute); [] if already there."""
+        with self._lock:
+            outcome = self.refresh().on_alert(alert, at)
+            events = [outcome.event] if outcome.event is not None else []
+            self.store.append(events, recorded_at=self.clock())
+            return events
+
+    def run(self, cmd: Command) -> tuple[CommandResult, list[CaseEvent]]:
+        """Carry out a command; a refused one is recorded with the reason and changes nothing."""
+        with self._lock:
+            book = self.refresh()
+            try:
+                events = execute(book, self.matrix, cmd)
+            except UnknownCase as exc:
+                return self._result(cmd, "unknown_case", str(exc), []), []
+            except (CommandRefused, InvalidTransition, ValueError) as exc:
+                return self._result(cmd, "refused", str(exc), []), []
+            self.store.append(events, recorded_at=self.clock())
+            return self._result(cmd, "ok", "", events), events
+
+    def _result(self, cmd: Command, status: str, detail: str, events: list[CaseEvent]) -> CommandResult:
+        result = CommandResult(cmd.command_id, cmd.case_id, status, detail, seqs_of(events))
+        self.store.record_result(result, recorded_at=self.clock())
+        return result
+
+    def due_escalations(self, now: float, escalate_after_s: float) -> list[Command]:
+        """Commands escalating overdue tasks; their ids are fixed per task, so sending twice is harmless."""
+        with self._lock:
+            return overdue_commands(self.refresh(), self.matrix, now, escalate_after_s)
+
+    def view(self, case_id: str) -> CaseView | None:
+        with self._lock:
+            book = self.refresh()
+            case = book.case(case_id)
+            return None if case is None else view_of(case, book.identity_of(case_id), self.matrix)
+
+    def case_dict(self, case_id: str) -> dict[str, Any] | None:
+        view = self.view(case_id)
+        return None if view is None else view_to_dict(view)

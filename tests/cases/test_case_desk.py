@@ -1,0 +1,78 @@
+"""The case desk on both ClickHouse back ends: the log survives a restart, replays change nothing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cases.commands import Command
+from cases.lifecycle import State
+from cases.risk import DEFAULT_MATRIX
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import CaseStore, ThreadPosition
+from sinks.clickhouse import ClickHouseStore
+
+pytestmark = pytest.mark.integration
+ALERT = {"alert_id": "a1", "model": "KT-100", "batch": "B05", "failure_mode": "heating_element",
+         "count": 12, "expected": 2.5, "detector": "cusum"}  # fmt: skip
+
+
+def desk_on(store: ClickHouseStore) -> CaseDesk:
+    ticks = itertools.count(1_000)
+    return CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=lambda: float(next(ticks)))
+
+
+def test_a_restarted_desk_sees_the_same_cases_and_replays_are_no_ops(store: ClickHouseStore) -> None:
+    desk = desk_on(store)
+    (opened,) = desk.on_alert(ALERT, at=100.0)
+    cid = opened.case_id
+    result, _ = desk.run(Command("c1", cid, "assess", "ana", 200.0, "triage"))
+    assert result.status == "ok" and result.seqs == (2,)
+    desk.run(Command("c2", cid, "take", "ana", 210.0, "mine"))
+
+    restarted = desk_on(store)  # a worker killed and started again, its input replayed
+    assert restarted.on_alert(ALERT, at=100.0) == []
+    again, events = restarted.run(Command("c1", cid, "assess", "ana", 200.0, "triage"))
+    assert again.status == "ok" and [e.seq for e in events] == [2]
+    desk.store.append(desk.store.events(cid))  # the same rows written twice collapse onto one
+    view = restarted.view(cid)
+    assert view is not None and view.state is State.ASSESSING and view.owner == "ana" and view.events == 3
+    assert [e.seq for e in CaseStore(store).events(cid)] == [1, 2, 3]
+
+
+def test_refused_commands_are_recorded_with_the_reason(store: ClickHouseStore) -> None:
+    desk = desk_on(store)
+    (opened,) = desk.on_alert(ALERT, at=100.0)
+    result, events = desk.run(Command("c1", opened.case_id, "close", "ana", 200.0, "done?"))
+    assert (
+        events == [] and result.status == "refused" and "cannot close a case in state open" in result.detail
+    )
+    assert desk.store.result("c1") == result
+    missing, _ = desk.run(Command("c2", "case-nope", "assess", "ana", 200.0, "x"))
+    assert missing.status == "unknown_case"
+
+
+def test_a_desk_folds_in_what_another_writer_stored(store: ClickHouseStore) -> None:
+    first, second = desk_on(store), desk_on(store)
+    (opened,) = first.on_alert(ALERT, at=100.0)
+    second.refresh()
+    first.run(Command("c1", opened.case_id, "silence", "ana", 150.0, "known", {"until": 10_000.0}))
+    # A rebalance hands the case to the second worker: the silence must still hold there.
+    (muted,) = second.on_alert({**ALERT, "alert_id": "a2"}, at=300.0)
+    assert str(muted.action) == "mute" and muted.seq == 3
+
+
+def test_listing_by_state_and_thread_positions(store: ClickHouseStore) -> None:
+    desk = desk_on(store)
+    a = desk.on_alert(ALERT, at=100.0)[0].case_id
+    b = desk.on_alert({**ALERT, "alert_id": "b1", "batch": "B06"}, at=200.0)[0].case_id
+    desk.run(Command("c1", b, "assess", "ana", 300.0, "triage"))
+    cases = CaseStore(store)
+    assert cases.case_ids() == [b, a]
+    assert cases.case_ids(state="assessing") == [b] and cases.case_ids(state="open") == [a]
+    assert cases.thread(a) is None
+    cases.save_thread(ThreadPosition(a, "C1", "111.1", 1))
+    cases.save_thread(ThreadPosition(a, "C1", "111.1", 3))
+    cases.save_thread(ThreadPosition(a, "C1", "111.1", 2))  # a late, stale write loses
+    assert cases.thread(a) == ThreadPosition(a, "C1", "111.1", 3)
