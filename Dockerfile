@@ -12,6 +12,7 @@ WORKDIR /src
 # pyproject names it as the long description, and the wildcard copies it when it exists.
 COPY pyproject.toml README.m[d] ./
 COPY api ./api
+COPY cases ./cases
 COPY config ./config
 COPY core ./core
 COPY models ./models

@@ -10,8 +10,14 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
 from api.auth import role_dependency
+from api.case_routes import case_router
 from api.registry_routes import registry_router
+from api.slack_routes import slack_router
+from cases.risk import DEFAULT_MATRIX, RiskMatrix
 from core.access import AccessPolicy
+from recallwatch.case_bus import CommandBus, DirectCommandBus
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import CaseStore
 from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
 from sinks.registry_store import RegistryStore
 from sinks.schema import row_counts
@@ -23,8 +29,23 @@ def create_api(
     store: ClickHouseStore,
     public_url: str = "http://127.0.0.1:8000",
     policy: AccessPolicy | None = None,
+    *,
+    case_bus: CommandBus | None = None,
+    risk_matrix: RiskMatrix = DEFAULT_MATRIX,
+    slack_signing_secret: str | None = None,
 ) -> FastAPI:
+    """The API over ``store``.
+
+    Case commands go through ``case_bus``. Deployments pass a ``KafkaCommandBus``, so the worker that
+    owns a case stays the one writer of its log. Without one the API runs a case desk in-process
+    (``DirectCommandBus``): for single-process use and tests only, since a desk here and a worker
+    elsewhere would both hand out seq numbers for the same case. ``slack_signing_secret`` verifies
+    Slack button clicks; without it they are refused.
+    """
     policy = policy or AccessPolicy()
+    cases = CaseStore(store)
+    if case_bus is None:
+        case_bus = DirectCommandBus(CaseDesk(cases, risk_matrix, time.time))
     caller_role = role_dependency(policy)
     api = FastAPI(
         title="RecallWatch",
@@ -101,6 +122,9 @@ def create_api(
         return {**_with_link(rows[0], public_url), "deliveries": deliveries}
 
     api.include_router(registry_router(RegistryStore(store), policy, caller_role))
+    api.include_router(case_router(cases, case_bus, policy, caller_role, risk_matrix, public_url))
+    # No API key on Slack's requests: the router checks Slack's signature instead.
+    api.include_router(slack_router(case_bus, slack_signing_secret, policy))
     return api
 
 

@@ -83,7 +83,7 @@ def role_pipeline(broker: str, topic: str, n: int, data_dir: str) -> dict:
 
     from config.settings import load_settings
     from sinks.clickhouse import open_store
-    from sinks.slack import ConsoleNotifier
+    from sinks.slack_threads import ConsoleThreadNotifier
     from streams.app import WorkerStats, create_app
 
     settings = load_settings(
@@ -96,7 +96,7 @@ def role_pipeline(broker: str, topic: str, n: int, data_dir: str) -> dict:
     store.migrate()
     stats = WorkerStats()
     with open(os.devnull, "w") as sink:
-        app = create_app(settings, broker, store, ConsoleNotifier(stream=sink), stats)
+        app = create_app(settings, broker, store, ConsoleThreadNotifier(stream=sink), stats)
         marks: dict[str, float] = {}
 
         @app.timer(0.005)

@@ -31,6 +31,7 @@ class KafkaSettings(BaseModel):
     dead_letter_topic: str = "rw.events.dlq"
     alerts_topic: str = "rw.alerts"
     registry_topic: str = "rw.registry"
+    case_events_topic: str = "rw.case-events"
     partitions: int = Field(4, ge=1)
     app_id: str = "recallwatch"
     rebalance_timeout_s: int = 5
@@ -75,8 +76,16 @@ class ApiSettings(BaseModel):
 
 class SlackSettings(BaseModel):
     token: SecretStr | None = None
+    signing_secret: SecretStr | None = None  # verifies button clicks; without it they are refused
     channel: str = "#quality-alerts"
     base_url: str = ""
+
+
+class CaseSettings(BaseModel):
+    risk_matrix: Path = Path(__file__).with_name("risk_matrix.toml")
+    escalate_after_s: float = Field(86_400.0, ge=0)
+    escalation_check_s: float = Field(60.0, gt=0)
+    command_wait_s: float = Field(5.0, ge=0)
 
 
 class DetectorSpec(BaseModel):
@@ -123,6 +132,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     slack: SlackSettings = SlackSettings()
+    cases: CaseSettings = CaseSettings()
     detection: DetectionSettings = DetectionSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     log_level: str = "INFO"

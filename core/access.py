@@ -12,7 +12,26 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ROLES = ("viewer", "quality", "operations", "admin")
+ROLES = ("viewer", "analyst", "quality", "quality_manager", "operations", "admin")
+
+_WORK_ON_CASES = frozenset(
+    {"assess", "acknowledge", "take", "score", "evidence", "add_task", "complete_task"}
+)
+_DECIDE_CASES = frozenset(
+    {"open", "assign", "decide", "launch_campaign", "close", "reassess", "reopen", "silence"}
+)
+CASE_COMMANDS: dict[str, frozenset[str]] = {
+    "viewer": frozenset(),
+    "operations": frozenset(),
+    "analyst": _WORK_ON_CASES,
+    "quality": _WORK_ON_CASES,
+    "quality_manager": _WORK_ON_CASES | _DECIDE_CASES,
+    "admin": _WORK_ON_CASES | _DECIDE_CASES,
+}
+"""Which case commands each role may send. Analysts (and the quality team) investigate, score and
+keep tasks moving; deciding, assigning, silencing and launching or closing a recall is a quality
+manager's call. Viewers and operations read cases; only analysts and up read the full audit trail."""
+AUDIT_ROLES = frozenset({"analyst", "quality", "quality_manager", "admin"})
 
 
 class UnknownKey(Exception):
@@ -52,3 +71,14 @@ class AccessPolicy:
 
     def sees_contacts(self, role: str | None) -> bool:
         return role is not None and role in self.contact_roles
+
+    def may_command(self, role: str | None, kind: str) -> bool:
+        """Whether ``role`` may send the case command ``kind``.
+
+        >>> AccessPolicy().may_command("analyst", "score"), AccessPolicy().may_command("analyst", "decide")
+        (True, False)
+        """
+        return role is not None and kind in CASE_COMMANDS.get(role, frozenset())
+
+    def reads_audit(self, role: str | None) -> bool:
+        return role in AUDIT_ROLES

@@ -54,12 +54,20 @@ class CaseDesk:
         return self.book
 
     def on_alert(self, alert: Mapping[str, Any], at: float) -> list[CaseEvent]:
-        """Record what an alert does to its case (open, evidence, re-open, mute); [] if already there."""
+        """Record what an alert does to its case (open, evidence, re-open, mute).
+
+        An alert already on the case returns the event that recorded it, unchanged: a worker killed
+        after storing it but before passing it on sends it again, and the thread skips it if posted.
+        """
         with self._lock:
-            outcome = self.refresh().on_alert(alert, at)
-            events = [outcome.event] if outcome.event is not None else []
-            self.store.append(events, recorded_at=self.clock())
-            return events
+            book = self.refresh()
+            outcome = book.on_alert(alert, at)
+            if outcome.event is None:
+                case = book.case(outcome.case_id)
+                alert_id = str(alert.get("alert_id") or "")
+                return [e for e in (case.history if case else ()) if _alert_id(e) == alert_id][:1]
+            self.store.append([outcome.event], recorded_at=self.clock())
+            return [outcome.event]
 
     def run(self, cmd: Command) -> tuple[CommandResult, list[CaseEvent]]:
         """Carry out a command; a refused one is recorded with the reason and changes nothing."""
@@ -93,3 +101,8 @@ class CaseDesk:
     def case_dict(self, case_id: str) -> dict[str, Any] | None:
         view = self.view(case_id)
         return None if view is None else view_to_dict(view)
+
+
+def _alert_id(event: CaseEvent) -> str:
+    alert = event.data.get("alert")
+    return str(alert.get("alert_id") or "") if isinstance(alert, Mapping) else ""

@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with infrastructure(settings) as stack:
-        server, thread = serve_api_in_thread(settings, stack.store)
+        server, thread = serve_api_in_thread(settings, stack.store, stack.broker_url)
         print(
             f"RecallWatch API on {settings.api.public_url}  (docs: {settings.api.public_url}/docs)",
             file=sys.stderr,
@@ -55,7 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with infrastructure(settings) as stack:
-        server, thread = serve_api_in_thread(settings, stack.store)
+        server, thread = serve_api_in_thread(settings, stack.store, stack.broker_url)
         days = int(args.seconds * settings.simulator.speed) + 2
         defect_kind = None if args.no_defect else args.defect
         start_simulation(stack, defect=defect_kind, days=days)
@@ -173,15 +173,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_api
+    from recallwatch.stack import build_api
     from sinks.clickhouse import open_store
 
     settings = _settings(args)
+    if not settings.kafka.url:
+        print("recallwatch api needs RW_KAFKA__URL: case commands go to the workers", file=sys.stderr)
+        return 2
     store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
     try:
         store.migrate()
         uvicorn.run(
-            create_api(store, settings.api.public_url, settings.api.access_policy()),
+            build_api(settings, store, settings.kafka.url),
             host=settings.api.host,
             port=settings.api.port,
         )

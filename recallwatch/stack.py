@@ -21,9 +21,12 @@ import faust
 import uvicorn
 
 from api.app import create_api
+from cases.risk import load_risk_matrix
 from config.settings import Settings
+from recallwatch.case_bus import KafkaCommandBus
+from sinks.case_store import CaseStore
 from sinks.clickhouse import ClickHouseStore, open_store
-from sinks.slack import make_notifier
+from sinks.slack_threads import make_thread_notifier
 from streams.app import WorkerStats, create_app
 from streams.broker import EmbeddedBroker, bootstrap_of, start_broker
 from streams.producer import SimulationRun, ensure_topics, make_producer, produce_simulation
@@ -45,7 +48,26 @@ class Stack:
 
 def topic_names(settings: Settings) -> list[str]:
     k = settings.kafka
-    return [k.events_topic, k.dead_letter_topic, k.alerts_topic, k.registry_topic]
+    return [k.events_topic, k.dead_letter_topic, k.alerts_topic, k.registry_topic, k.case_events_topic]
+
+
+def build_api(settings: Settings, store: ClickHouseStore, broker_url: str) -> Any:
+    """The API, sending case commands to the worker that owns each case (the log's one writer)."""
+    bus = KafkaCommandBus(
+        make_producer(bootstrap_of(broker_url)),
+        settings.kafka.alerts_topic,
+        CaseStore(store),
+        wait_s=settings.cases.command_wait_s,
+    )
+    secret = settings.slack.signing_secret
+    return create_api(
+        store,
+        settings.api.public_url,
+        settings.api.access_policy(),
+        case_bus=bus,
+        risk_matrix=load_risk_matrix(settings.cases.risk_matrix),
+        slack_signing_secret=secret.get_secret_value() if secret else None,
+    )
 
 
 @contextlib.contextmanager
@@ -72,9 +94,9 @@ def infrastructure(settings: Settings) -> Iterator[Stack]:
 
 
 def serve_api_in_thread(
-    settings: Settings, store: ClickHouseStore
+    settings: Settings, store: ClickHouseStore, broker_url: str
 ) -> tuple[uvicorn.Server, threading.Thread]:
-    api = create_api(store, settings.api.public_url, settings.api.access_policy())
+    api = build_api(settings, store, broker_url)
     server = uvicorn.Server(
         uvicorn.Config(
             api, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
@@ -118,7 +140,7 @@ def start_simulation(stack: Stack, defect: str | None, days: int) -> threading.T
 def run_worker(stack: Stack, on_started: Callable[[faust.App], Any] | None = None) -> None:
     """Run the Faust worker in this thread until SIGINT/SIGTERM; returns after a clean stop."""
     settings = stack.settings
-    notifier = make_notifier(
+    notifier = make_thread_notifier(
         settings.slack.token.get_secret_value() if settings.slack.token else None,
         settings.slack.channel,
         settings.slack.base_url or None,

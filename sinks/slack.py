@@ -152,7 +152,7 @@ def _classify(exc: SlackApiError) -> tuple[str, _Retry | None]:
     """The error string of a failed API call, and a _Retry when it is worth retrying."""
     resp = exc.response
     # On unparseable bodies slack-sdk hands over the raw aiohttp response (``status``, not ``status_code``).
-    status = getattr(resp, "status_code", None) or getattr(resp, "status", 0)
+    status = int(getattr(resp, "status_code", None) or getattr(resp, "status", 0) or 0)
     data = getattr(resp, "data", None)
     error = data.get("error") if isinstance(data, dict) else None
     error = error or f"http_{status}"

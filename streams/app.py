@@ -3,7 +3,8 @@
 ``ingest`` takes small batches from the events topic, folds them into per-cell state (a Faust table
 whose changelog partition is the source partition) and sends alerts at once; every flush interval it
 writes the rows, then persists the touched cells, then acks their events.
-``notify`` posts each alert once to Slack (or the console) and records the delivery.
+``cases`` and ``case-threads`` (streams/case_agents.py) turn alerts and commands into case events
+and follow each case in its own Slack thread.
 ``registry`` folds production, shipment, sale and ownership events into the traceability registry
 and sends each touched cell's new count of units in the field to ``ingest`` as its denominator.
 Sinks that are down are retried with backoff: an outage delays delivery, it never drops data.
@@ -12,10 +13,9 @@ Sinks that are down are retried with backoff: an outage delays delivery, it neve
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import hashlib
 import logging
 import pickle
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -25,14 +25,17 @@ from typing import Any, TypeVar
 import faust
 import orjson
 
+from cases.risk import load_risk_matrix
 from config.settings import Settings
 from core.cells import CellState
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import CaseStore
 from sinks.clickhouse import ClickHouseStore
 from sinks.registry_store import RegistryStore
-from sinks.slack import ConsoleNotifier
+from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
-from streams.processing import RawRecord, alert_row, decode_alert, process_batch, reject_row
-from streams.records import Rejection, cell_key
+from streams.processing import RawRecord, alert_row, process_batch, reject_row
+from streams.records import cell_key
 from streams.registry_events import registry_batch
 
 log = logging.getLogger("recallwatch.worker")
@@ -180,15 +183,18 @@ def create_app(
         k.events_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
     )
     dlq_topic = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw")
-    alerts_topic = app.topic(k.alerts_topic, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(
+        k.alerts_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
+    )
+    case_events_topic = app.topic(
+        k.case_events_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
+    )
     registry_topic = app.topic(
         k.registry_topic, key_serializer="raw", value_serializer="raw", partitions=k.partitions
     )
     registry = RegistryStore(store)
     cell_table = app.Table("cells", default=None, partitions=k.partitions, key_type=str, value_type=bytes)
-    deliveries = app.Table("alert-deliveries", default=None, key_type=str)
     cells = FaustTableCells(cell_table)
-    console = ConsoleNotifier(stream=sys.stderr, now=clock)
     retry_s = (settings.clickhouse.retry_initial_s, settings.clickhouse.retry_max_s)
 
     async def insert(table: str, rows: list[dict[str, Any]]) -> None:
@@ -267,7 +273,7 @@ def create_app(
                 ]
                 result = process_batch(records, cells, cfg, k.events_topic, clock())
                 for alert in result.alerts:
-                    await alerts_topic.send(key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict()))
+                    await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
                     stats.alert_sent_at[alert.alert_id] = clock()
                 for record, reason in result.dead_letters:
                     await dlq_topic.send(
@@ -354,31 +360,21 @@ def create_app(
             }
             await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
 
-    @app.agent(alerts_topic)
-    async def notify(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            alert = decode_alert(raw)
-            if isinstance(alert, Rejection):
-                log.error("ignoring a message on %s: %s", k.alerts_topic, alert.reason)
-                continue
-            if deliveries.get(alert.alert_id) is not None:
-                continue  # already delivered before a crash replayed it
-            try:
-                result = await notifier.notify(alert)
-            except Exception as exc:  # a notifier bug must not stop alerting: log it and go on
-                log.exception("notifier failed for alert %s", alert.alert_id)
-                result = await console.notify(alert)
-                result = dataclasses.replace(result, status="failed", detail=f"notifier error: {exc}"[:500])
-            row = {
-                "alert_id": alert.alert_id,
-                "channel": result.channel,
-                "status": result.status,
-                "detail": result.detail,
-                "delivered_at": result.delivered_at,
-            }
-            await insert("alert_deliveries", [row])
-            deliveries[alert.alert_id] = row
-            stats.alerts.append(alert.to_dict())
-            stats.deliveries.append(row)
+    async def reject(payload: bytes, reason: str) -> None:
+        """A message the case agents cannot read: to the dead-letter topic and the rejects table."""
+        log.error("rejected a case message: %s", reason)
+        await dlq_topic.send(value=payload, headers={"reason": reason.encode()[:4000]})
+        row = reject_row(k.alerts_topic, RawRecord(0, 0, clock(), payload), reason, clock())
+        row["reject_id"] = f"{k.alerts_topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
+        await insert("rejects", [row])
 
+    def retry(what: str, action: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        return retry_until_done(what, action, *retry_s)
+
+    desk = CaseDesk(CaseStore(store), load_risk_matrix(settings.cases.risk_matrix), clock)
+    deps = CaseAgentDeps(desk, notifier, insert, retry, clock, stats, reject)
+    add_case_agents(
+        app, alerts_topic, case_events_topic, deps, settings.cases.escalate_after_s,
+        settings.cases.escalation_check_s,
+    )  # fmt: skip
     return app

@@ -74,17 +74,6 @@ def reject_row(topic: str, record: RawRecord, reason: str, rejected_at: float) -
     }
 
 
-def decode_alert(payload: bytes | None) -> Alert | Rejection:
-    """An alert message back into an :class:`Alert`; never raises on a bad message."""
-    try:
-        data = orjson.loads(payload or b"")
-        if not isinstance(data, dict):
-            return Rejection("alert message is not a JSON object", payload or b"")
-        return Alert.from_dict(data)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        return Rejection(f"not an alert: {exc}", payload or b"")
-
-
 def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
     row = alert.to_dict()
     row["opened_at"] = int(alert.opened_at)

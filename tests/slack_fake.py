@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,11 +41,19 @@ class Call:
         return bool(self.response.get("ok"))
 
 
+# Which calls a scripted failure applies to: (method, body) -> bool. None means any call.
+When = Callable[[str, dict[str, Any]], bool] | None
+
+
 @dataclass(frozen=True)
 class _Failure:
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
+    when: When = None
+
+    def applies(self, method: str, body: dict[str, Any]) -> bool:
+        return self.when is None or self.when(method, body)
 
 
 class SlackFake:
@@ -110,18 +119,21 @@ class SlackFake:
 
     # --- scripting failures --------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    # ``when`` limits a scripted failure to matching calls, e.g. ``lambda m, b: m == "chat.update"``
+    # or ``lambda m, b: "thread_ts" in b`` (thread replies); other calls are answered normally.
+
+    def fail_next(self, n: int, status: int = 500, when: When = None) -> None:
         """Answer the next ``n`` calls with an HTTP error status."""
-        self._script(n, _Failure(status, {"ok": False, "error": f"http_{status}"}, {}))
+        self._script(n, _Failure(status, {"ok": False, "error": f"http_{status}"}, {}, when))
 
-    def rate_limit_next(self, n: int, retry_after: int = 1) -> None:
+    def rate_limit_next(self, n: int, retry_after: int = 1, when: When = None) -> None:
         """Answer the next ``n`` calls with HTTP 429 and a Retry-After header, as Slack does."""
-        failure = _Failure(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)})
-        self._script(n, failure)
+        headers = {"Retry-After": str(retry_after)}
+        self._script(n, _Failure(429, {"ok": False, "error": "ratelimited"}, headers, when))
 
-    def error_next(self, n: int, error: str) -> None:
+    def error_next(self, n: int, error: str, when: When = None) -> None:
         """Answer the next ``n`` calls with HTTP 200 and ``{"ok": false, "error": error}``."""
-        self._script(n, _Failure(200, {"ok": False, "error": error}, {}))
+        self._script(n, _Failure(200, {"ok": False, "error": error}, {}, when))
 
     def _script(self, n: int, failure: _Failure) -> None:
         with self._cond:
@@ -170,8 +182,9 @@ class SlackFake:
     def _answer(
         self, method: str, body: dict[str, Any], auth: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if self._failures:
-            failure = self._failures.popleft()
+        failure = next((f for f in self._failures if f.applies(method, body)), None)
+        if failure is not None:
+            self._failures.remove(failure)  # the first matching one: scripted failures keep their order
             return failure.status, dict(failure.body), dict(failure.headers)
         # Slack accepts the token as a Bearer header or a form field; it answers 200 either way.
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")

@@ -32,7 +32,7 @@ def test_a_restarted_desk_sees_the_same_cases_and_replays_are_no_ops(store: Clic
     desk.run(Command("c2", cid, "take", "ana", 210.0, "mine"))
 
     restarted = desk_on(store)  # a worker killed and started again, its input replayed
-    assert restarted.on_alert(ALERT, at=100.0) == []
+    assert restarted.on_alert(ALERT, at=999.0) == [opened]  # the stored event, to pass on again
     again, events = restarted.run(Command("c1", cid, "assess", "ana", 200.0, "triage"))
     assert again.status == "ok" and [e.seq for e in events] == [2]
     desk.store.append(desk.store.events(cid))  # the same rows written twice collapse onto one

@@ -111,6 +111,42 @@ SAMPLE_ROWS: dict[str, list[dict[str, Any]]] = {
         {"alert_id": "a1", "channel": "slack", "status": "sent", "detail": "", "delivered_at": T0 + 0.25}
     ],
     "units": UNIT_ROWS,
+    "case_events": [
+        {
+            "case_id": "case-1",
+            "seq": i,
+            "at": T0 + i + 0.5,
+            "actor": "ana",
+            "action": "evidence",
+            "from_state": "open",
+            "to_state": "open",
+            "reason": f"step {i}",
+            "data": '{"k": 1}',
+            "identity": "cell/M1/B1/brake",
+            "command_id": "",
+            "recorded_at": T0 + 0.25,
+        }
+        for i in (1, 2)
+    ],
+    "case_command_results": [
+        {
+            "command_id": "c1",
+            "case_id": "case-1",
+            "status": "ok",
+            "detail": "",
+            "seqs": [2, 3],
+            "recorded_at": T0 + 0.5,
+        }
+    ],
+    "case_threads": [
+        {
+            "case_id": "case-1",
+            "channel": "C1",
+            "ts": "1700000000.000100",
+            "posted_seq": 2,
+            "updated_at": T0 + 0.5,
+        }
+    ],
 }
 ORDER = {
     "events": "event_id",
@@ -119,6 +155,9 @@ ORDER = {
     "rejects": "reject_id",
     "alert_deliveries": "channel",
     "units": "serial",
+    "case_events": "seq",
+    "case_command_results": "command_id",
+    "case_threads": "case_id",
 }
 
 HOSTILE = [

@@ -95,14 +95,17 @@ def test_the_injected_defect_alerts_and_nothing_else_does():
     assert not [a for r in clean for a in r.alerts]
 
 
-def test_alert_messages_decode_and_garbage_is_a_rejection_not_a_crash():
-    from core.alerts import Alert
-    from streams.processing import decode_alert
+def test_alerts_and_case_commands_decode_and_garbage_is_a_rejection_not_a_crash():
+    from cases.commands import Command
+    from recallwatch.case_bus import command_message
+    from streams.case_agents import decode_case_input
     from streams.records import Rejection
 
     results = run_batches(records_for(60), {})
     alert = next(a for r in results for a in r.alerts)
-    assert decode_alert(orjson.dumps(alert.to_dict())) == alert
-    for bad in (b"", b"{", b"[]", b'{"alert_id": "x"}', None):
-        assert isinstance(decode_alert(bad), Rejection)
-    assert isinstance(decode_alert(orjson.dumps(alert.to_dict())), Alert)
+    assert decode_case_input(orjson.dumps(alert.to_dict())) == alert
+    cmd = Command("c1", "case-1", "acknowledge", "ana", 1.0, "seen")
+    assert decode_case_input(command_message(cmd)) == cmd
+    bad_commands = [b'{"type": "case_command", "command": {"kind": "explode"}}', b'{"type": "case_command"}']
+    for bad in (b"", b"{", b"[]", b'{"alert_id": "x"}', None, *bad_commands):
+        assert isinstance(decode_case_input(bad), Rejection)

@@ -1,0 +1,394 @@
+"""Recall case routes: read a case from its stored log, send people's commands to the case's writer.
+
+Reads fold the stored log (``Case.replay``) rather than asking an in-memory book, so an API process
+sees exactly what the workers wrote. Commands are checked at the edge (role, argument shapes) so a
+typo is a 422 here instead of a refusal recorded by the worker; the core checks everything again.
+
+No `from __future__ import annotations` here: FastAPI must resolve the closure-local `Role` alias.
+"""
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from cases.commands import HANDLERS, REVIEWER_ROLES, Command
+from cases.identity import SignalIdentity, case_id_for
+from cases.lifecycle import Case, CaseEvent, Decision, State
+from cases.risk import DIMENSIONS, RiskMatrix
+from cases.view import view_of, view_to_dict
+from core.access import AccessPolicy
+from recallwatch.case_bus import CommandBus
+from sinks.case_store import CaseStore, CommandResult, event_from_row
+
+CASE_ID = re.compile(r"^case-[0-9a-f]{20}$")
+# Visible ASCII only: the key becomes the command id, which is stored and shown in the audit trail.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Command ids the system hands out itself: a caller's key must not pre-empt (and so swallow) them.
+_RESERVED_KEY_PREFIXES = ("slack-", "escalate-")
+# The actor of alert handling and escalations: a caller naming themselves so would forge the trail.
+# ("slack:<user>" stays open: whoever took a case in Slack scores it under that name.)
+SYSTEM_ACTOR = "recallwatch"
+SYSTEM_ONLY = frozenset({"escalate"})  # the worker escalates overdue tasks; nobody asks for it
+_SUMMARY_FIELDS = (
+    "case_id", "identity", "title", "state", "decision", "opened_at", "updated_at", "owner",
+    "alerts", "muted_alerts", "events",
+)  # fmt: skip
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+def _one_of(values: Sequence[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"{what} must be one of {', '.join(values)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _identity(items: list[str]) -> list[str]:
+    try:
+        return SignalIdentity.from_list(items).to_list()
+    except (ValueError, IndexError):
+        raise ValueError("identity must be ['cell', model, batch, failure_mode] or ['lot', lot_id]") from None
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+Identity = Annotated[list[Name], Field(min_length=2, max_length=4), AfterValidator(_identity)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Epoch = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: "soon" or true is a typo
+ReviewerRole = Annotated[str, AfterValidator(_one_of(REVIEWER_ROLES, "reviewer role"))]
+
+
+def _actor(value: str) -> str:
+    if value == SYSTEM_ACTOR:
+        raise ValueError(f"actor {value!r} is the system's; name yourself")
+    return value
+
+
+# API keys are per role, not per person, so the caller names themselves; the audit trail shows it.
+Actor = Annotated[Name, AfterValidator(_actor)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not silently ignored
+
+
+class CommandBody(_Strict):
+    reason: Reason
+    actor: Actor
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OpenBody(_Strict):
+    identity: Identity
+    reason: Reason
+    actor: Actor
+
+
+class NoArgs(_Strict):
+    pass
+
+
+class AssignArgs(_Strict):
+    person: Name
+    role: ReviewerRole
+
+
+class TakeArgs(_Strict):
+    role: ReviewerRole = "quality"
+
+
+class ScoreArgs(_Strict):
+    dimension: Annotated[str, AfterValidator(_one_of(DIMENSIONS, "dimension"))]
+    value: Annotated[int, Field(strict=True, ge=1, le=5)]
+
+
+class DecideArgs(_Strict):
+    decision: Decision
+
+
+class CampaignArgs(_Strict):
+    scope: Annotated[list[Identity], Field(max_length=1000)] = Field(default_factory=list)
+
+
+class SilenceArgs(_Strict):
+    until: Epoch
+
+
+class AddTaskArgs(_Strict):
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    owner: Name
+    role: Name
+    due: Epoch
+
+
+class CompleteTaskArgs(_Strict):
+    task_id: Annotated[str, Field(pattern=r"^task-[0-9a-f]{12}$")]
+
+
+class EvidenceArgs(_Strict):
+    note: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+    complaints: Annotated[list[Name], Field(max_length=1000)] = Field(default_factory=list)
+
+
+ARGS: Mapping[str, type[BaseModel]] = {
+    "assess": NoArgs,
+    "assign": AssignArgs,
+    "take": TakeArgs,
+    "acknowledge": NoArgs,
+    "score": ScoreArgs,
+    "decide": DecideArgs,
+    "launch_campaign": CampaignArgs,
+    "close": NoArgs,
+    "reassess": NoArgs,
+    "reopen": NoArgs,
+    "silence": SilenceArgs,
+    "add_task": AddTaskArgs,
+    "complete_task": CompleteTaskArgs,
+    "evidence": EvidenceArgs,
+}
+"""Argument shapes of the commands people send (``open`` has its own route, ``escalate`` is the system's)."""
+assert set(ARGS) | {"open"} | SYSTEM_ONLY == set(HANDLERS), "every command needs an argument shape"
+
+
+# --- reading cases from the log ------------------------------------------------------------------
+
+
+def case_from_events(events: Sequence[CaseEvent], matrix: RiskMatrix) -> dict[str, Any]:
+    """The JSON case of a non-empty log; its first event carries the identity (the case book's rule)."""
+    identity = SignalIdentity.from_list(events[0].data["identity"])
+    return view_to_dict(view_of(Case.replay(events), identity, matrix))
+
+
+def read_case(cases: CaseStore, case_id: str, matrix: RiskMatrix) -> dict[str, Any] | None:
+    events = cases.events(case_id)
+    return case_from_events(events, matrix) if events else None
+
+
+def list_cases(
+    cases: CaseStore,
+    matrix: RiskMatrix,
+    *,
+    state: str | None,
+    model: str | None,
+    batch: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Cases most recently changed first; model and batch filter on the identity of cell cases.
+
+    Two queries whatever the page size: the latest state and first event of every case, then the
+    logs of the chosen ones. The identity is matched in Python on the first event's data, because
+    the stored ``identity`` column joins the parts with "/" and a model name may contain one.
+    """
+    sql = (
+        "SELECT case_id, argMax(to_state, seq) AS state, max(at) AS updated, argMin(data, seq) AS first_data"
+        " FROM case_events FINAL GROUP BY case_id"
+    )
+    params: dict[str, Any] = {}
+    if state is not None:
+        sql += " HAVING state = {state}"
+        params["state"] = state
+    sql += " ORDER BY updated DESC, case_id"
+    filtered = model is not None or batch is not None
+    if not filtered:
+        sql += " LIMIT {limit}"
+        params["limit"] = limit
+    ids: list[str] = []
+    for row in cases.store.query(sql, params):
+        if filtered and not _matches(row["first_data"], model, batch):
+            continue
+        ids.append(row["case_id"])
+        if len(ids) == limit:
+            break
+    if not ids:
+        return []
+    rows = cases.store.query(
+        "SELECT * FROM case_events FINAL WHERE has({ids}, case_id) ORDER BY case_id, seq", {"ids": ids}
+    )
+    logs: dict[str, list[CaseEvent]] = {}
+    for r in rows:
+        event = event_from_row(r)
+        logs.setdefault(event.case_id, []).append(event)
+    return [case_from_events(logs[cid], matrix) for cid in ids if cid in logs]
+
+
+def _matches(first_data: str, model: str | None, batch: str | None) -> bool:
+    identity = orjson.loads(first_data).get("identity") or []
+    if len(identity) != 4 or identity[0] != "cell":
+        return False  # a supplier lot case has no model or batch
+    return (model is None or identity[1] == model) and (batch is None or identity[2] == batch)
+
+
+def audit_row(event: CaseEvent) -> dict[str, Any]:
+    row = event.to_dict()
+    return {k: row[k] for k in ("seq", "at", "actor", "action", "from_state", "to_state", "reason", "data")}
+
+
+# --- the router ----------------------------------------------------------------------------------
+
+
+def case_router(
+    cases: CaseStore,
+    bus: CommandBus,
+    policy: AccessPolicy,
+    caller_role: Any,
+    matrix: RiskMatrix,
+    public_url: str,
+    clock: Callable[[], float] = time.time,
+) -> APIRouter:
+    router = APIRouter()
+    Role = Annotated[str, Depends(caller_role)]
+
+    def with_url(case: dict[str, Any]) -> dict[str, Any]:
+        return {**case, "url": f"{public_url}/v1/cases/{case['case_id']}"}
+
+    def summary(case: dict[str, Any]) -> dict[str, Any]:
+        a = case["assessment"]
+        out = {k: case[k] for k in _SUMMARY_FIELDS}
+        return with_url({**out, "combined": a["combined"], "recommendation": a["recommendation"]})
+
+    @router.get("/v1/cases")
+    def cases_list(
+        role: Role,
+        state: Annotated[State | None, Query()] = None,
+        model: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        batch: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Cases, most recently changed first, by state and by (model, batch) of their signal."""
+        found = list_cases(
+            cases, matrix, state=None if state is None else str(state), model=model, batch=batch, limit=limit
+        )
+        return {"cases": [summary(c) for c in found]}
+
+    @router.get("/v1/cases/{case_id}")
+    def case(case_id: str, role: Role) -> dict[str, Any]:
+        """The case as its log says now: state, people, scores and assessment, tasks, evidence."""
+        found = read_case(cases, _checked(case_id), matrix)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no case {case_id}")
+        return with_url(found)
+
+    @router.get("/v1/cases/{case_id}/audit")
+    def audit(case_id: str, role: Role) -> dict[str, Any]:
+        """Every event of the case, oldest first: who did what, when, and why."""
+        if not policy.reads_audit(role):
+            raise HTTPException(status_code=403, detail=f"role {role} may not read the audit trail")
+        events = cases.events(_checked(case_id))
+        if not events:
+            raise HTTPException(status_code=404, detail=f"no case {case_id}")
+        return {"case_id": case_id, "events": [audit_row(e) for e in events]}
+
+    @router.post("/v1/cases")
+    def open_case(
+        body: OpenBody,
+        role: Role,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> JSONResponse:
+        """Open the case of a signal by hand (a complaint, a lab finding), before or without an alert."""
+        allow(role, "open")
+        identity = SignalIdentity.from_list(body.identity)
+        args = {"identity": identity.to_list()}
+        return submit(case_id_for(identity), "open", body.actor, body.reason, args, idempotency_key)
+
+    @router.post("/v1/cases/{case_id}/commands/{kind}")
+    def command(
+        case_id: str,
+        kind: str,
+        role: Role,
+        body: CommandBody,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> JSONResponse:
+        """Act on a case: 200 with the case when carried out, 202 while queued, 409 when refused."""
+        _checked(case_id)
+        if kind == "open":
+            raise HTTPException(status_code=422, detail="open a case with POST /v1/cases")
+        if kind in SYSTEM_ONLY:
+            raise HTTPException(status_code=403, detail=f"{kind} is done by the system, not sent by people")
+        if kind not in ARGS:
+            raise HTTPException(
+                status_code=422, detail=f"unknown command {kind!r}; commands are {', '.join(ARGS)}"
+            )
+        allow(role, kind)
+        try:
+            args = ARGS[kind].model_validate(body.args).model_dump(mode="json")
+        except ValidationError as exc:
+            raise HTTPException(status_code=422, detail=f"invalid args for {kind}: {_errors(exc)}") from None
+        return submit(case_id, kind, body.actor, body.reason, args, idempotency_key)
+
+    def allow(role: str, kind: str) -> None:
+        if not policy.may_command(role, kind):
+            raise HTTPException(status_code=403, detail=f"role {role} may not send {kind} commands")
+
+    def submit(
+        case_id: str, kind: str, actor: str, reason: str, args: dict[str, Any], key: str | None
+    ) -> JSONResponse:
+        command_id = _command_id(key)
+        result = None
+        if key is not None:
+            # A retried request answers as the first time did (refused included), without resending.
+            result = cases.result(command_id)
+            if result is not None and result.case_id != case_id:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"Idempotency-Key {key} was already used for a command on case {result.case_id}",
+                )
+        if result is None:
+            # `at` is read here, at the edge: the core never reads the clock, so replays are exact.
+            result = bus.submit(Command(command_id, case_id, kind, actor, clock(), reason, args))
+        if result is None:
+            body = {"command_id": command_id, "case_id": case_id, "status": "queued"}
+            return JSONResponse(status_code=202, content=body)
+        return answer(result)
+
+    def answer(result: CommandResult) -> JSONResponse:
+        if result.status == "unknown_case":
+            raise HTTPException(status_code=404, detail=result.detail or f"no case {result.case_id}")
+        if result.status == "invalid":
+            raise HTTPException(status_code=422, detail=result.detail)
+        if result.status != "ok":
+            raise HTTPException(status_code=409, detail=result.detail or f"command {result.status}")
+        found = read_case(cases, result.case_id, matrix)
+        body = {
+            "command_id": result.command_id,
+            "status": result.status,
+            "seqs": list(result.seqs),
+            "case": None if found is None else with_url(found),
+        }
+        return JSONResponse(status_code=200, content=body)
+
+    return router
+
+
+def _checked(case_id: str) -> str:
+    if not CASE_ID.match(case_id):
+        raise HTTPException(status_code=422, detail="case_id must be 'case-' and 20 hex digits")
+    return case_id
+
+
+def _command_id(key: str | None) -> str:
+    if key is None:
+        return uuid.uuid4().hex
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise HTTPException(status_code=422, detail="Idempotency-Key must be 1-128 visible ASCII characters")
+    if key.startswith(_RESERVED_KEY_PREFIXES):
+        reserved = " or ".join(repr(p) for p in _RESERVED_KEY_PREFIXES)
+        raise HTTPException(status_code=422, detail=f"Idempotency-Key may not start with {reserved}")
+    return key
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return "; ".join(parts)

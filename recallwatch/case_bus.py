@@ -1,0 +1,68 @@
+"""How the API hands a case command to the case's one writer, and learns what became of it.
+
+``KafkaCommandBus`` sends the command on the alerts topic, keyed by case id, so the worker that owns
+the case carries it out in order with the case's alerts; the API then waits a little for the result
+row the worker records. A command not carried out within the wait is still queued, not lost: the
+caller gets its id and can poll. ``DirectCommandBus`` runs the desk in-process (single-process
+tools and API tests that need no worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from cases.commands import Command
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import CaseStore, CommandResult
+
+COMMAND_TYPE = "case_command"
+
+
+def command_message(cmd: Command) -> bytes:
+    """The alerts-topic message of a command (alerts themselves carry no ``type``)."""
+    return orjson.dumps({"type": COMMAND_TYPE, "command": cmd.to_dict()})
+
+
+class CommandBus(Protocol):
+    def submit(self, cmd: Command) -> CommandResult | None:
+        """The command's result, or None if it is queued but not carried out yet."""
+
+
+class DirectCommandBus:
+    def __init__(self, desk: CaseDesk) -> None:
+        self.desk = desk
+
+    def submit(self, cmd: Command) -> CommandResult | None:
+        return self.desk.run(cmd)[0]
+
+
+class KafkaCommandBus:
+    def __init__(
+        self,
+        producer: Any,  # kafka.KafkaProducer
+        topic: str,
+        cases: CaseStore,
+        wait_s: float = 5.0,
+        poll_s: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.producer, self.topic, self.cases = producer, topic, cases
+        self.wait_s, self.poll_s, self._sleep, self._clock = wait_s, poll_s, sleep, clock
+
+    def submit(self, cmd: Command) -> CommandResult | None:
+        done = self.cases.result(cmd.command_id)
+        if done is not None:  # a retried request: answer as the first time, send nothing
+            return done
+        self.producer.send(self.topic, key=cmd.case_id.encode(), value=command_message(cmd)).get(timeout=10)
+        deadline = self._clock() + self.wait_s
+        while self._clock() < deadline:
+            self._sleep(self.poll_s)
+            result = self.cases.result(cmd.command_id)
+            if result is not None:
+                return result
+        return None

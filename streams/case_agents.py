@@ -1,0 +1,169 @@
+"""Case agents: alerts and commands become case events; case events become a Slack thread per case.
+
+``cases`` reads the alerts topic, where detector alerts and people's commands for a case share the
+case id as key, so one worker applies them in order through the case desk (the log's one writer).
+Each resulting event goes to the case-events topic with the case as it now stands.
+``case_threads`` follows that topic: a case's first event posts the thread's root, later ones
+reply in the thread and refresh the root. While Slack is down it retries, holding its place, so
+notifications queue in Kafka and go out in order when Slack is back; ClickHouse outages likewise
+only delay. Both agents are idempotent: replayed input re-sends the same events, and a thread
+skips events at or below the seq it already posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+
+from cases.commands import Command
+from cases.identity import SignalIdentity, case_id_for
+from cases.lifecycle import CaseEvent
+from core.alerts import Alert
+from recallwatch.case_bus import COMMAND_TYPE, command_message
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import ThreadPosition
+from sinks.slack_threads import SlackPermanentError, ThreadRef
+from streams.records import Rejection
+
+log = logging.getLogger("recallwatch.cases")
+Insert = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+Retry = Callable[[str, Callable[[], Any]], Awaitable[Any]]
+
+
+def case_key(alert: Alert) -> bytes:
+    """The alerts-topic key of an alert: its case's id, so a case's inputs stay on one partition."""
+    return case_id_for(SignalIdentity.from_alert(alert.to_dict())).encode()
+
+
+def decode_case_input(payload: bytes | None) -> Alert | Command | Rejection:
+    """An alert or a case command from the alerts topic; never raises on a bad message."""
+    try:
+        data = orjson.loads(payload or b"")
+        if not isinstance(data, dict):
+            return Rejection("message is not a JSON object", payload or b"")
+        if data.get("type") == COMMAND_TYPE:
+            return Command.from_dict(data.get("command") or {})
+        return Alert.from_dict(data)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        return Rejection(f"neither an alert nor a case command: {exc}", payload or b"")
+
+
+def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
+    return orjson.dumps({"event": event.to_dict(), "case": case})
+
+
+@dataclass
+class CaseAgentDeps:
+    desk: CaseDesk
+    notifier: Any  # SlackThreadNotifier | ConsoleThreadNotifier: async deliver(case, event, thread)
+    insert: Insert
+    retry: Retry
+    clock: Callable[[], float]
+    stats: Any
+    reject: Callable[[bytes, str], Awaitable[None]]
+
+
+def add_case_agents(
+    app: faust.App,
+    alerts_topic: Any,
+    case_events_topic: Any,
+    deps: CaseAgentDeps,
+    escalate_after_s: float,
+    escalation_check_s: float,
+) -> None:
+    desk = deps.desk
+    positions: dict[str, ThreadPosition] = {}
+
+    async def emit(events: list[CaseEvent]) -> None:
+        for event in events:
+            case = await deps.retry("case view", lambda e=event: asyncio.to_thread(desk.case_dict, e.case_id))
+            await case_events_topic.send(key=event.case_id.encode(), value=case_event_message(event, case))
+
+    @app.agent(alerts_topic, name="cases")
+    async def cases(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            item = decode_case_input(raw)
+            if isinstance(item, Rejection):
+                await deps.reject(item.payload, item.reason)
+                continue
+            if isinstance(item, Alert):
+                fields, at = item.to_dict(), deps.clock()
+                events = await deps.retry(
+                    "case update", lambda f=fields, t=at: asyncio.to_thread(desk.on_alert, f, t)
+                )
+            else:
+                cmd = item
+                result, events = await deps.retry(
+                    "case command", lambda c=cmd: asyncio.to_thread(desk.run, c)
+                )
+                if result.status != "ok":
+                    log.warning(
+                        "case command %s (%s) %s: %s", cmd.command_id, cmd.kind, result.status, result.detail
+                    )
+            await emit(events)
+
+    @app.agent(case_events_topic, name="case-threads")
+    async def case_threads(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            try:
+                message = orjson.loads(raw)
+                event, case = message["event"], message["case"]
+                case_id, seq = str(event["case_id"]), int(event["seq"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await deps.reject(raw or b"", f"not a case event: {exc}")
+                continue
+            await post(case_id, seq, event, case)
+
+    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any]) -> None:
+        pos = positions.get(case_id)
+        if pos is None:
+            pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(desk.store.thread, case_id))
+        if pos is not None and seq <= pos.posted_seq:
+            return  # posted before a restart replayed it
+        alert = (event.get("data") or {}).get("alert")
+        if event["action"] == "mute":
+            # Muted on purpose (a campaign or a silence): on record, not in anyone's channel.
+            await record_delivery(alert, "none", "muted", event.get("reason", ""))
+            return
+        thread = None if pos is None else ThreadRef(pos.channel, pos.ts)
+        try:
+            ref = await deps.notifier.deliver(case, event, thread)
+            status, detail = "delivered", ref.ts
+        except SlackPermanentError as exc:
+            # Retrying cannot help (bad token, unknown channel): record it loudly and move on.
+            log.error("slack refused case %s event #%d: %s", case_id, seq, exc)
+            ref = exc.thread or thread or ThreadRef("none", "")
+            status, detail = "failed", str(exc)
+        new = ThreadPosition(case_id, ref.channel, ref.ts, seq)
+        await deps.retry(
+            "thread position", lambda: asyncio.to_thread(desk.store.save_thread, new, deps.clock())
+        )
+        positions[case_id] = new
+        await record_delivery(alert, ref.channel, status, detail)
+
+    async def record_delivery(alert: Any, channel: str, status: str, detail: str) -> None:
+        if not isinstance(alert, dict) or not alert.get("alert_id"):
+            return
+        row = {"alert_id": str(alert["alert_id"]), "channel": channel, "status": status,
+               "detail": detail[:500], "delivered_at": deps.clock()}  # fmt: skip
+        await deps.insert("alert_deliveries", [row])
+        deps.stats.alerts.append(dict(alert))
+        deps.stats.deliveries.append(row)
+
+    @app.timer(escalation_check_s)
+    async def escalate_overdue_tasks() -> None:
+        # Every worker may find the same overdue task; the command id is fixed per task, so the
+        # case's owner applies it once however many copies arrive.
+        try:
+            commands = await asyncio.to_thread(desk.due_escalations, deps.clock(), escalate_after_s)
+        except Exception as exc:  # ClickHouse down: the next tick tries again
+            log.warning("escalation check failed: %s", exc)
+            return
+        for cmd in commands:
+            await alerts_topic.send(key=cmd.case_id.encode(), value=command_message(cmd))
