@@ -121,8 +121,12 @@ def create_api(
         )
         return {**_with_link(rows[0], public_url), "deliveries": deliveries}
 
-    api.include_router(registry_router(RegistryStore(store), policy, caller_role))
-    api.include_router(case_router(cases, case_bus, policy, caller_role, risk_matrix, public_url))
+    api.include_router(registry_router(RegistryStore(store), policy, caller_role, cases))
+    api.include_router(
+        case_router(
+            cases, case_bus, policy, caller_role, risk_matrix, public_url, registry=RegistryStore(store)
+        )
+    )
     # No API key on Slack's requests: the router checks Slack's signature instead.
     api.include_router(slack_router(case_bus, slack_signing_secret, policy))
     return api

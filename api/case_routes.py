@@ -24,8 +24,11 @@ from cases.lifecycle import Case, CaseEvent, Decision, State
 from cases.risk import DIMENSIONS, RiskMatrix
 from cases.view import view_of, view_to_dict
 from core.access import AccessPolicy
+from core.alerts import ALL_MODES
 from recallwatch.case_bus import CommandBus
+from registry.scope import Scope
 from sinks.case_store import CaseStore, CommandResult, event_from_row
+from sinks.registry_store import RegistryStore
 
 CASE_ID = re.compile(r"^case-[0-9a-f]{20}$")
 # Visible ASCII only: the key becomes the command id, which is stored and shown in the audit trail.
@@ -228,6 +231,45 @@ def _matches(first_data: str, model: str | None, batch: str | None) -> bool:
     return (model is None or identity[1] == model) and (batch is None or identity[2] == batch)
 
 
+def signal_scope(identity: Sequence[str]) -> Scope:
+    if identity[0] == "lot":
+        return Scope(supplier_lots=[identity[1]])
+    return Scope(models=[identity[1]], batches=[identity[2]])
+
+
+def affected_scope(registry: RegistryStore, identity: Sequence[str], matrix: RiskMatrix) -> dict[str, Any]:
+    """The units the signal covers, from the traceability registry, and the scope score they suggest."""
+    found = registry.resolve(signal_scope(identity), max_ranges=50)
+    regions = len(found["by_region"])
+    return {
+        "units": found["units"],
+        "reachable_customers": found["reachable_customers"],
+        "regions": regions,
+        "by_region": found["by_region"],
+        "ranges": found["ranges"],
+        "ranges_truncated": found["ranges_truncated"],
+        "suggested_scope_score": matrix.scope_score(found["units"], regions),
+    }
+
+
+def linked_complaints(
+    registry: RegistryStore, identity: Sequence[str], limit: int = 50
+) -> list[dict[str, Any]]:
+    """The latest complaint, repair and return events of the signal (a cell's, or its lot's units')."""
+    cols = "event_id, kind, occurred_at, serial, model, batch, failure_mode, region"
+    if identity[0] == "lot":
+        where = "serial IN (SELECT serial FROM units FINAL WHERE has(lot_ids, {lot}))"
+        params: dict[str, Any] = {"lot": identity[1]}
+    else:
+        where = "model = {model} AND batch = {batch}"
+        params = {"model": identity[1], "batch": identity[2]}
+        if identity[3] != ALL_MODES:
+            where += " AND failure_mode = {mode}"
+            params["mode"] = identity[3]
+    sql = f"SELECT {cols} FROM events FINAL WHERE {where} ORDER BY occurred_at DESC, event_id LIMIT {{limit}}"
+    return registry.store.query(sql, {**params, "limit": limit})
+
+
 def audit_row(event: CaseEvent) -> dict[str, Any]:
     row = event.to_dict()
     return {k: row[k] for k in ("seq", "at", "actor", "action", "from_state", "to_state", "reason", "data")}
@@ -244,6 +286,7 @@ def case_router(
     matrix: RiskMatrix,
     public_url: str,
     clock: Callable[[], float] = time.time,
+    registry: RegistryStore | None = None,
 ) -> APIRouter:
     router = APIRouter()
     Role = Annotated[str, Depends(caller_role)]
@@ -276,6 +319,9 @@ def case_router(
         found = read_case(cases, _checked(case_id), matrix)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no case {case_id}")
+        if registry is not None:
+            found["scope"] = affected_scope(registry, found["identity"], matrix)
+            found["complaints"] = linked_complaints(registry, found["identity"])
         return with_url(found)
 
     @router.get("/v1/cases/{case_id}/audit")

@@ -17,12 +17,15 @@ from fastapi.responses import Response, StreamingResponse
 from core.access import AccessPolicy
 from registry.scope import Scope
 from registry.units import CONTACT_FIELDS, TIME_FIELDS, format_lots
+from sinks.case_store import CaseStore
 from sinks.registry_store import STORED_FIELDS, RegistryStore
 
 _SERIAL = re.compile(r"^[^\x00-\x1f]{1,128}$")
 
 
-def registry_router(registry: RegistryStore, policy: AccessPolicy, caller_role: Any) -> APIRouter:
+def registry_router(
+    registry: RegistryStore, policy: AccessPolicy, caller_role: Any, cases: CaseStore | None = None
+) -> APIRouter:
     router = APIRouter()
     Role = Annotated[str, Depends(caller_role)]
 
@@ -44,18 +47,17 @@ def registry_router(registry: RegistryStore, policy: AccessPolicy, caller_role: 
             raise HTTPException(status_code=404, detail=f"no unit with serial {serial!r} in the registry")
         contacts = policy.sees_contacts(role)
         history, alerts = registry.related(row["model"], row["batch"], serial)
+        concerning = [] if cases is None else cases.concerning(row["model"], row["batch"], row["lot_ids"])
         body = {
             "unit": present_unit(row, contacts=contacts),
             "contacts_redacted": not contacts,
             "history": history,
             "affected": {
-                # Cases and campaigns join here when they exist; until then an open alert on the
-                # unit's (model, batch) is what a caller needs to know.
-                "status": "under investigation" if alerts else "not affected",
+                "status": affected_status(alerts, concerning),
                 "alerts": alerts,
-                "cases": [],
-                "campaigns": [],
-                "remedy": None,
+                "cases": concerning,
+                "campaigns": [c["case_id"] for c in concerning if c["state"] == "campaign"],
+                "remedy": None,  # set by the campaign's remedy once campaigns carry one
             },
         }
         # Plain dicts of str/int/float/bool: orjson directly, skipping FastAPI's encoder (~0.3 ms).
@@ -120,3 +122,20 @@ def _csv_lines(registry: RegistryStore, scope: Scope, contacts: bool) -> Iterato
         yield buf.getvalue()
     if columns is None:
         yield "serial\n"  # an empty scope is an empty list, not an error
+
+
+def affected_status(alerts: list[Any], cases: list[dict[str, Any]]) -> str:
+    """What a unit's owner is told: a running campaign outranks an investigation, which outranks nothing.
+
+    >>> affected_status([], [{"state": "closed", "decision": "dismiss"}])
+    'not affected'
+    >>> recall, probe = {"state": "campaign", "decision": "recall"}, {"state": "open", "decision": None}
+    >>> affected_status([], [recall, probe])
+    'under recall'
+    """
+    if any(c["state"] == "campaign" for c in cases):
+        return "under recall"
+    live = [c for c in cases if c["state"] != "closed" and c["decision"] != "dismiss"]
+    if live or (alerts and not cases):
+        return "under investigation"
+    return "not affected"

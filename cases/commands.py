@@ -92,6 +92,12 @@ def execute(book: CaseBook, matrix: RiskMatrix, cmd: Command) -> list[CaseEvent]
     """
     done = book.command_events(cmd.command_id)
     if done:
+        first, kind = done[0], done[0].data.get("command", cmd.kind)
+        # An id names one command: reused for another case or another action, it is a client bug
+        # that must not be answered with the first command's events as if it had run.
+        if (cmd.kind != "open" and first.case_id != cmd.case_id) or kind != cmd.kind:
+            used = f"command id {cmd.command_id} was already used for {kind} on {first.case_id}"
+            raise CommandRefused(used)
         return done
     handler = HANDLERS.get(cmd.kind)
     if handler is None:
@@ -110,7 +116,7 @@ def _act(book: CaseBook, cmd: Command, action: Action, **data: Any) -> list[Case
         at=cmd.at,
         reason=cmd.reason,
         decision=decision,
-        data={"command_id": cmd.command_id, **data},
+        data={"command_id": cmd.command_id, "command": cmd.kind, **data},
     )
     return [event]
 
@@ -130,7 +136,7 @@ def _open(book: CaseBook, _m: RiskMatrix, cmd: Command) -> list[CaseEvent]:
         identity = SignalIdentity.from_list(cmd.args.get("identity") or [])
     except (ValueError, IndexError):
         raise CommandRefused("open needs identity: ['cell', model, batch, mode] or ['lot', lot_id]") from None
-    data = {"identity": identity.to_list(), "command_id": cmd.command_id}
+    data = {"identity": identity.to_list(), "command_id": cmd.command_id, "command": cmd.kind}
     event = book.act(
         case_id_for(identity), Action.OPEN, actor=cmd.actor, at=cmd.at, reason=cmd.reason, data=data
     )
@@ -193,7 +199,7 @@ def _campaign(book: CaseBook, _m: RiskMatrix, cmd: Command) -> list[CaseEvent]:
         scope = [SignalIdentity.from_list(i) for i in cmd.args.get("scope") or ()]
     except (ValueError, IndexError, TypeError):
         raise CommandRefused("scope must be a list of identities like ['cell', model, batch, mode]") from None
-    data = {"scope": sorted(i.to_list() for i in scope), "command_id": cmd.command_id}
+    data = {"scope": sorted(i.to_list() for i in scope), "command_id": cmd.command_id, "command": cmd.kind}
     event = book.act(
         cmd.case_id, Action.LAUNCH_CAMPAIGN, actor=cmd.actor, at=cmd.at, reason=cmd.reason, data=data
     )
@@ -211,6 +217,7 @@ def _silence(book: CaseBook, _m: RiskMatrix, cmd: Command) -> list[CaseEvent]:
         at=cmd.at,
         reason=cmd.reason,
         command_id=cmd.command_id,
+        command=cmd.kind,
     )
     return [event]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from cases.identity import SignalIdentity, case_id_for
 from cases.lifecycle import CaseEvent
 from sinks.clickhouse import ClickHouseStore
 
@@ -87,6 +88,33 @@ class CaseStore:
             params["state"] = state
         sql += " ORDER BY updated DESC, case_id LIMIT {limit}"
         return [r["case_id"] for r in self.store.query(sql, params)]
+
+    def concerning(self, model: str, batch: str, lots: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Cases about a unit's (model, batch), any failure mode, or one of its supplier lots."""
+        prefix = "/".join(("cell", model, batch, ""))
+        where = "substring(identity, 1, length({prefix})) = {prefix}"
+        params: dict[str, Any] = {"prefix": prefix}
+        if lots:  # the 18.16 server refuses has() on an empty list
+            where += " OR has({lot_ids}, case_id)"
+            params["lot_ids"] = [case_id_for(SignalIdentity.lot(lot)) for lot in lots]
+        rows = self.store.query(
+            "SELECT case_id, argMax(to_state, seq) AS state,"
+            " argMaxIf(data, seq, action = 'decide') AS decided,"
+            " anyIf(identity, identity != '') AS signal FROM case_events FINAL"
+            f" WHERE case_id IN (SELECT case_id FROM case_events WHERE {where})"
+            " GROUP BY case_id ORDER BY case_id",
+            params,
+        )
+        return [
+            {
+                "case_id": r["case_id"],
+                "signal": r["signal"],
+                "state": r["state"],
+                "decision": orjson.loads(r["decided"]).get("decision") if r["decided"] else None,
+            }
+            for r in rows
+            if r["state"] != "new"  # only muted so far: nobody opened a case
+        ]
 
     def record_result(self, result: CommandResult, recorded_at: float | None = None) -> None:
         row = {

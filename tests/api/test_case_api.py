@@ -297,7 +297,7 @@ def test_the_audit_trail_says_who_when_and_why(api: Api) -> None:
     assert [(e["from_state"], e["to_state"]) for e in trail[:2]] == [("new", "open"), ("open", "assessing")]
     assert trail[0]["data"]["identity"] == IDENTITY
     assert trail[2]["data"] | {"command_id": "-"} == {
-        "person": "qa.lee", "role": "quality", "owner": True, "command_id": "-"
+        "person": "qa.lee", "role": "quality", "owner": True, "command_id": "-", "command": "take"
     }  # fmt: skip
     case = api.get(f"/v1/cases/{CASE}").json()
     assert case["owner"] == "qa.lee" and case["evidence"][0]["note"] == "lab: thermostat fails at 80C"

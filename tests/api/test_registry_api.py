@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,32 @@ def test_bad_scopes_are_4xx_with_a_message(client: TestClient, body: dict, messa
     r = client.post("/v1/scopes/resolve", json=body, headers=OPS)
     assert r.status_code == 422
     assert message in r.text
+
+
+def test_unit_lookup_and_case_read_join_cases_scope_and_complaints(client: TestClient, store) -> None:
+    from cases.commands import Command
+    from cases.risk import DEFAULT_MATRIX
+    from recallwatch.case_desk import CaseDesk
+    from sinks.case_store import CaseStore
+
+    desk = CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=time.time)
+    cell = desk.on_alert({"alert_id": "a1", "model": "KT", "batch": "B1", "failure_mode": "overheat"}, 1.0)
+    lot = desk.on_alert({"alert_id": "a2", "supplier_lot": "LOT-0"}, 2.0)[0].case_id
+    for i, (kind, args) in enumerate(
+        [("assess", {}), ("decide", {"decision": "recall"}), ("launch_campaign", {})]
+    ):
+        assert desk.run(Command(f"c{i}", lot, kind, "qm", 3.0 + i, "burns", args))[0].status == "ok"
+
+    affected = client.get("/v1/units/KT-00005", headers=VIEWER).json()["affected"]
+    assert affected["status"] == "under recall" and affected["campaigns"] == [lot]
+    assert {c["case_id"] for c in affected["cases"]} == {lot, cell[0].case_id}
+    b1_only = client.get("/v1/units/KT-00015", headers=VIEWER).json()["affected"]  # B1, LOT-1
+    assert b1_only["status"] == "under investigation" and b1_only["campaigns"] == []
+    assert client.get("/v1/units/KT-00025", headers=VIEWER).json()["affected"]["status"] == "not affected"
+
+    case = client.get(f"/v1/cases/{cell[0].case_id}", headers=VIEWER).json()
+    assert case["scope"]["units"] == 20 and case["scope"]["regions"] == 1
+    assert case["scope"]["suggested_scope_score"] == 1 and case["scope"]["ranges"][0]["count"] == 20
+    assert [c["event_id"] for c in case["complaints"]] == ["e1"]
+    lot_case = client.get(f"/v1/cases/{lot}", headers=VIEWER).json()
+    assert lot_case["scope"]["units"] == 9 and [c["serial"] for c in lot_case["complaints"]] == ["KT-00003"]

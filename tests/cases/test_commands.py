@@ -165,3 +165,13 @@ def test_manual_open_and_evidence_with_linked_complaints() -> None:
     )
     with pytest.raises(CommandRefused, match="identity"):
         execute(book, DEFAULT_MATRIX, Command("o2", "", "open", "ana", 1.0, "x", {"identity": ["cell", "M"]}))
+
+
+def test_a_command_id_reused_for_another_case_or_action_is_refused() -> None:
+    desk = Desk()
+    other = desk.book.on_alert({**ALERT, "alert_id": "b1", "batch": "B06"}, at=1.0).case_id
+    execute(desk.book, DEFAULT_MATRIX, Command("k1", desk.case_id, "acknowledge", "ana", 5.0, "seen"))
+    with pytest.raises(CommandRefused, match="already used for acknowledge"):
+        execute(desk.book, DEFAULT_MATRIX, Command("k1", other, "acknowledge", "ana", 6.0, "seen"))
+    with pytest.raises(CommandRefused, match="already used"):
+        execute(desk.book, DEFAULT_MATRIX, Command("k1", desk.case_id, "assess", "ana", 6.0, "go"))
