@@ -81,6 +81,8 @@ def test_alert_opens_a_case_whose_slack_thread_follows_every_decision(tmp_path: 
             RW_SLACK__SIGNING_SECRET=SECRET,
             RW_API__KEYS=json.dumps(KEYS),
             RW_API__ANONYMOUS_ROLE="",
+            RW_CASES__ESCALATE_AFTER_S="0",  # a task past due escalates at the next check
+            RW_CASES__ESCALATION_CHECK_S="1",
         )
         api = env["RW_API__PUBLIC_URL"]
         process = start_cli(["run", "--simulate"], env, tmp_path, log)
@@ -126,6 +128,19 @@ def test_alert_opens_a_case_whose_slack_thread_follows_every_decision(tmp_path: 
                 {"actor": "ana", "reason": "noise", "args": {"until": time.time() + 60}},
             )
             assert status == 200, body
+            task = {
+                "title": "lab test of returns",
+                "owner": "bo",
+                "role": "engineering",
+                "due": time.time() - 5,
+            }
+            status, body = call(
+                "POST",
+                f"{api}/v1/cases/{case_id}/commands/add_task",
+                "k-manager",
+                {"actor": "ana", "reason": "need lab data", "args": task},
+            )
+            assert status == 200, body
             time.sleep(3)
             slack.up()
 
@@ -136,11 +151,14 @@ def test_alert_opens_a_case_whose_slack_thread_follows_every_decision(tmp_path: 
                     if c.method == "chat.postMessage" and c.body.get("thread_ts") == thread_ts
                 ]
 
-            texts = wait_for("three thread replies", lambda: (r := replies()) and len(r) >= 3 and r, 60, log)
-            order = [
-                next(i for i, t in enumerate(texts) if word in t)
-                for word in ("Assessment", "slack:bo", "Decided")
-            ]
+            words = ("Assessment", "slack:bo", "Decided", "silenced", "added task", "escalated to")
+
+            def all_replies() -> list[str] | None:
+                texts = replies()
+                return texts if all(any(w in t for t in texts) for w in words) else None
+
+            texts = wait_for("every reply, the escalation included", all_replies, 60, log)
+            order = [next(i for i, t in enumerate(texts) if word in t) for word in words]
             assert order == sorted(order), texts
             updates = [
                 c for c in slack.delivered if c.method == "chat.update" and c.body.get("ts") == thread_ts

@@ -1,56 +1,38 @@
-"""Slack and console notifiers, against a real local HTTP server speaking the Slack Web API."""
+"""Shared Slack plumbing: call_slack's retries against a real local HTTP server speaking the Slack
+Web API, message text helpers, and request signatures.
+
+How case threads use call_slack (replies and updates retried without duplicates, events queued
+behind an outage delivered in order) is tested in test_slack_threads.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
-import io
 import json
 import logging
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from core.alerts import ALL_MODES, Alert
 from sinks.slack import (
-    ConsoleNotifier,
-    DeliveryResult,
-    SlackNotifier,
-    build_alert_blocks,
-    make_notifier,
+    RetryPolicy,
+    SlackPermanentError,
+    call_slack,
+    escape_mrkdwn,
+    header_text,
     verify_slack_signature,
+    web_client,
 )
 from tests.slack_fake import SlackFake
 
 TOKEN = "xoxb-test"
-URL = "http://rw.example/v1/alerts/a1"
-
-
-def make_alert(**overrides: Any) -> Alert:
-    values: dict[str, Any] = {
-        "alert_id": "a1",
-        "model": "M-100",
-        "batch": "B-7",
-        "failure_mode": "brakes",
-        "opened_at": 1704164645.0,  # 2024-01-02T03:04:05Z
-        "detector": "cusum",
-        "detector_params": {"k": 0.5},
-        "config_version": "v3",
-        "score": 7.1,
-        "count": 12,
-        "expected": 3.0,
-        "units_in_field": 10000,
-        "rate_per_1000": 1.2,
-        "expected_rate_per_1000": 0.3,
-        "window_s": 86400,
-    }
-    values.update(overrides)
-    return Alert(**values)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -58,132 +40,72 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 class RecordingSleep:
-    """Stands in for asyncio.sleep: records delays, optionally acts on the n-th sleep."""
+    """Stands in for asyncio.sleep: records the delays instead of waiting."""
 
-    def __init__(self, on_sleep: Callable[[int], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.delays: list[float] = []
-        self._on_sleep = on_sleep
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-        if self._on_sleep is not None:
-            self._on_sleep(len(self.delays))
         await asyncio.sleep(0)
 
 
-def notifier(fake: SlackFake, sleep: RecordingSleep, token: str = TOKEN, **kwargs: Any) -> SlackNotifier:
-    return SlackNotifier(
-        token,
-        "#recalls",
-        base_url=fake.base_url,
-        api_base_url="http://rw.example",
-        sleep=sleep,
-        now=lambda: 1234.5,
-        **kwargs,
+def post(fake: SlackFake, sleep: RecordingSleep, token: str = TOKEN, max_backoff_s: float = 30.0) -> Any:
+    """One chat.postMessage through call_slack, as sinks.slack_threads makes it."""
+    client = web_client(token, fake.base_url, 5)
+    policy = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=max_backoff_s, sleep=sleep)
+    return run(
+        call_slack(
+            lambda: client.chat_postMessage(channel="C1", text="hello"), what="test post", policy=policy
+        )
     )
 
 
-def mrkdwn_texts(blocks: list[dict[str, Any]]) -> list[str]:
-    fields = [f["text"] for b in blocks for f in b.get("fields", [])]
-    return fields + [e["text"] for b in blocks if b["type"] == "context" for e in b["elements"]]
+# --- message text ------------------------------------------------------------------------------
 
 
-# --- blocks ------------------------------------------------------------------------------------
+def test_escape_mrkdwn_neutralises_links_and_mentions() -> None:
+    assert (
+        escape_mrkdwn("<!channel> <http://evil|x> & co") == "&lt;!channel&gt; &lt;http://evil|x&gt; &amp; co"
+    )
+    assert escape_mrkdwn("&lt;") == "&amp;lt;"  # "&" first, so the data is shown exactly as it was
 
 
-def test_blocks_show_the_alert_facts_and_link() -> None:
-    text, blocks = build_alert_blocks(make_alert(), URL)
-
-    assert blocks[0] == {
-        "type": "header",
-        "text": {"type": "plain_text", "text": "Potential recall: M-100 batch B-7", "emoji": False},
-    }
-    fields = "\n".join(mrkdwn_texts(blocks))
-    for expected in (
-        "brakes",
-        "12 in bucket vs 3.0 expected (4.0x)",
-        "1.20 vs 0.30 per 1,000 units",
-        "10,000",
-        "cusum (score 7.10), config v3",
-        "2024-01-02T03:04:05Z",
-    ):
-        assert expected in fields
-    [button] = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
-    assert button["url"] == URL
-    assert button["text"]["text"] == "Open in RecallWatch"
-    assert text.startswith("Potential recall: M-100 batch B-7 (brakes)")
-    assert f"<{URL}|Open in RecallWatch>" in text
+def test_header_text_is_cut_to_slacks_limit() -> None:
+    assert header_text("M" * 150) == "M" * 150
+    cut = header_text("M" * 300)
+    assert len(cut) == 150
+    assert cut.endswith("…")
 
 
-def test_blocks_label_the_aggregate_as_all_modes() -> None:
-    text, blocks = build_alert_blocks(make_alert(failure_mode=ALL_MODES), URL)
-    assert "*Failure mode*\nall modes" in mrkdwn_texts(blocks)
-    assert "(all modes)" in text
+# --- call_slack --------------------------------------------------------------------------------
 
 
-def test_blocks_handle_nothing_expected() -> None:
-    _, blocks = build_alert_blocks(make_alert(expected=0.0), URL)
-    assert any("(none expected)" in t for t in mrkdwn_texts(blocks))
-
-
-def test_blocks_escape_event_data() -> None:
-    alert = make_alert(model="<!channel>", batch="A&B", failure_mode="<http://evil|x>")
-    text, blocks = build_alert_blocks(alert, URL)
-
-    joined = "\n".join(mrkdwn_texts(blocks))
-    assert "&lt;http://evil|x&gt;" in joined
-    assert "<" not in joined and ">" not in joined
-    assert text.startswith("Potential recall: &lt;!channel&gt; batch A&amp;B (&lt;http://evil|x&gt;)")
-    assert text.count("<") == 1  # only our own link
-    # The header is plain_text, which Slack never parses, so it shows the data as is.
-    assert blocks[0]["text"]["text"] == "Potential recall: <!channel> batch A&B"
-
-
-def test_header_is_truncated_to_slacks_limit() -> None:
-    _, blocks = build_alert_blocks(make_alert(model="M" * 300), URL)
-    assert len(blocks[0]["text"]["text"]) == 150
-
-
-# --- Slack delivery ----------------------------------------------------------------------------
-
-
-def test_notify_posts_the_alert() -> None:
-    alert = make_alert()
-    with SlackFake(token=TOKEN) as fake:
-        result = run(notifier(fake, RecordingSleep()).notify(alert))
-        [call] = fake.calls
-
-    assert call.method == "chat.postMessage"
-    text, blocks = build_alert_blocks(alert, "http://rw.example/v1/alerts/a1")
-    assert call.body["channel"] == "#recalls"
-    assert call.body["text"] == text
-    assert call.body["blocks"] == blocks
-    assert result == DeliveryResult("a1", "#recalls", "delivered", call.response["ts"], 1234.5)
-
-
-def test_retries_through_500s_and_429_then_delivers_once() -> None:
+def test_retries_through_500s_and_429_then_delivers_once(caplog: pytest.LogCaptureFixture) -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
         fake.fail_next(2, status=500)
         fake.rate_limit_next(1, retry_after=7)
-        result = run(notifier(fake, sleep).notify(make_alert()))
+        resp = post(fake, sleep)
         statuses = [c.status for c in fake.calls]
         delivered = fake.delivered
 
-    assert result.status == "delivered"
     assert statuses == [500, 500, 429, 200]
     assert len(delivered) == 1
+    assert resp["ts"] == delivered[0].response["ts"]
     assert sleep.delays == [0.5, 1.0, 7.0]  # exponential backoff, then the server's Retry-After
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert warnings[0].startswith("slack test post failed (attempt 1, http_500)")
 
 
 def test_ratelimited_error_body_is_retried() -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
         fake.error_next(2, "ratelimited")
-        result = run(notifier(fake, sleep).notify(make_alert()))
-        assert len(fake.calls) == 3
+        post(fake, sleep)
+        assert [c.ok for c in fake.calls] == [False, False, True]
 
-    assert result.status == "delivered"
     assert sleep.delays == [0.5, 1.0]
 
 
@@ -191,84 +113,38 @@ def test_backoff_is_capped() -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
         fake.fail_next(6, status=503)
-        result = run(notifier(fake, sleep, max_backoff_s=2.0).notify(make_alert()))
+        post(fake, sleep, max_backoff_s=2.0)
+        assert len(fake.delivered) == 1
 
-    assert result.status == "delivered"
     assert sleep.delays == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize(
     "error", ["channel_not_found", "not_in_channel", "account_inactive", "invalid_blocks"]
 )
-def test_permanent_error_fails_without_retrying(error: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_permanent_error_raises_without_retrying(error: str) -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
         fake.error_next(1, error)
-        result = run(notifier(fake, sleep).notify(make_alert()))
+        with pytest.raises(SlackPermanentError) as info:
+            post(fake, sleep)
         assert len(fake.calls) == 1
 
-    assert result == DeliveryResult("a1", "#recalls", "failed", error, 1234.5)
+    assert info.value.error == error
+    assert isinstance(info.value.__cause__, SlackApiError)
     assert sleep.delays == []
-    assert any(r.levelno == logging.ERROR and error in r.getMessage() for r in caplog.records)
 
 
 def test_bad_token_fails_with_invalid_auth() -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
-        result = run(notifier(fake, sleep, token="xoxb-wrong").notify(make_alert()))
+        with pytest.raises(SlackPermanentError) as info:
+            post(fake, sleep, token="xoxb-wrong")
         [call] = fake.calls
 
     assert call.response == {"ok": False, "error": "invalid_auth"}
-    assert (result.status, result.detail) == ("failed", "invalid_auth")
+    assert info.value.error == "invalid_auth"
     assert sleep.delays == []
-
-
-def test_alerts_notified_while_slack_is_down_arrive_in_order_after_it_returns() -> None:
-    alerts = [make_alert(alert_id=f"a{i}", batch=f"B-{i}") for i in range(3)]
-    with SlackFake(token=TOKEN) as fake:
-        port = fake.port
-        fake.down()
-        # Bring Slack back on the third retry, proving connection refusals were retried.
-        sleep = RecordingSleep(on_sleep=lambda n: fake.up() if n == 3 else None)
-        slack = notifier(fake, sleep)
-
-        async def notify_all() -> list[DeliveryResult]:
-            return [await slack.notify(a) for a in alerts]
-
-        results = run(notify_all())
-        calls = fake.wait_for_calls(3)
-        assert fake.port == port
-
-    assert len(sleep.delays) == 3
-    assert [r.status for r in results] == ["delivered"] * 3
-    assert [c.body["blocks"][0]["text"]["text"] for c in calls] == [
-        f"Potential recall: M-100 batch B-{i}" for i in range(3)
-    ]
-    assert [r.detail for r in results] == [c.response["ts"] for c in calls]
-    assert [float(r.detail) for r in results] == sorted(float(r.detail) for r in results)
-
-
-# --- console & factory -------------------------------------------------------------------------
-
-
-def test_console_notifier_prints_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    out = io.StringIO()
-    result = run(ConsoleNotifier(stream=out, now=lambda: 99.0).notify(make_alert(failure_mode=ALL_MODES)))
-
-    printed = out.getvalue()
-    assert printed.startswith("=== Potential recall: M-100 batch B-7 ===\n")
-    for expected in ("all modes", "12 in bucket vs 3.0 expected", "10,000", "2024-01-02T03:04:05Z", "a1"):
-        assert expected in printed
-    assert result == DeliveryResult("a1", "console", "console", "printed", 99.0)
-    assert any(r.levelno == logging.WARNING and "a1" in r.getMessage() for r in caplog.records)
-
-
-def test_make_notifier_picks_slack_only_with_a_token() -> None:
-    slack = make_notifier("xoxb-1", "#c", "http://127.0.0.1:1/api/", "http://rw")
-    assert isinstance(slack, SlackNotifier)
-    assert slack.client.base_url == "http://127.0.0.1:1/api/"
-    assert isinstance(make_notifier(None, "#c", None, "http://rw"), ConsoleNotifier)
-    assert isinstance(make_notifier("", "#c", None, "http://rw"), ConsoleNotifier)
 
 
 # --- the fake itself ---------------------------------------------------------------------------
