@@ -17,14 +17,14 @@ from fastapi.responses import Response, StreamingResponse
 from core.access import AccessPolicy
 from registry.scope import Scope
 from registry.units import CONTACT_FIELDS, TIME_FIELDS, format_lots
-from sinks.case_store import CaseStore
+from sinks.case_store import CaseIndex
 from sinks.registry_store import STORED_FIELDS, RegistryStore
 
 _SERIAL = re.compile(r"^[^\x00-\x1f]{1,128}$")
 
 
 def registry_router(
-    registry: RegistryStore, policy: AccessPolicy, caller_role: Any, cases: CaseStore | None = None
+    registry: RegistryStore, policy: AccessPolicy, caller_role: Any, cases: CaseIndex | None = None
 ) -> APIRouter:
     router = APIRouter()
     Role = Annotated[str, Depends(caller_role)]

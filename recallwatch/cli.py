@@ -177,14 +177,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     from sinks.clickhouse import open_store
 
     settings = _settings(args)
-    if not settings.kafka.url:
-        print("recallwatch api needs RW_KAFKA__URL: case commands go to the workers", file=sys.stderr)
-        return 2
     store = open_store(settings.clickhouse.url or None, settings.clickhouse.data_dir)
     try:
         store.migrate()
         uvicorn.run(
-            build_api(settings, store, settings.kafka.url),
+            build_api(settings, store, settings.kafka.url or None),
             host=settings.api.host,
             port=settings.api.port,
         )

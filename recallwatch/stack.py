@@ -51,14 +51,22 @@ def topic_names(settings: Settings) -> list[str]:
     return [k.events_topic, k.dead_letter_topic, k.alerts_topic, k.registry_topic, k.case_events_topic]
 
 
-def build_api(settings: Settings, store: ClickHouseStore, broker_url: str) -> Any:
-    """The API, sending case commands to the worker that owns each case (the log's one writer)."""
-    bus = KafkaCommandBus(
-        make_producer(bootstrap_of(broker_url)),
-        settings.kafka.alerts_topic,
-        CaseStore(store),
-        wait_s=settings.cases.command_wait_s,
-    )
+def build_api(settings: Settings, store: ClickHouseStore, broker_url: str | None) -> Any:
+    """The API, sending case commands to the worker that owns each case (the log's one writer).
+
+    Without a broker (a read-mostly API on its own, e.g. over an embedded chdb that no worker can
+    share) the API carries commands out itself, which is safe only while no worker runs.
+    """
+    bus = None
+    if broker_url:
+        bus = KafkaCommandBus(
+            make_producer(bootstrap_of(broker_url)),
+            settings.kafka.alerts_topic,
+            CaseStore(store),
+            wait_s=settings.cases.command_wait_s,
+        )
+    else:
+        log.warning("no RW_KAFKA__URL: case commands run in the API process; run no worker beside it")
     secret = settings.slack.signing_secret
     return create_api(
         store,

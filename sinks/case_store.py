@@ -7,14 +7,14 @@ worker killed between writing and acknowledging writes the same rows again and n
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from cases.identity import SignalIdentity, case_id_for
 from cases.lifecycle import CaseEvent
 from sinks.clickhouse import ClickHouseStore
 
@@ -89,33 +89,6 @@ class CaseStore:
         sql += " ORDER BY updated DESC, case_id LIMIT {limit}"
         return [r["case_id"] for r in self.store.query(sql, params)]
 
-    def concerning(self, model: str, batch: str, lots: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Cases about a unit's (model, batch), any failure mode, or one of its supplier lots."""
-        prefix = "/".join(("cell", model, batch, ""))
-        where = "substring(identity, 1, length({prefix})) = {prefix}"
-        params: dict[str, Any] = {"prefix": prefix}
-        if lots:  # the 18.16 server refuses has() on an empty list
-            where += " OR has({lot_ids}, case_id)"
-            params["lot_ids"] = [case_id_for(SignalIdentity.lot(lot)) for lot in lots]
-        rows = self.store.query(
-            "SELECT case_id, argMax(to_state, seq) AS state,"
-            " argMaxIf(data, seq, action = 'decide') AS decided,"
-            " anyIf(identity, identity != '') AS signal FROM case_events FINAL"
-            f" WHERE case_id IN (SELECT case_id FROM case_events WHERE {where})"
-            " GROUP BY case_id ORDER BY case_id",
-            params,
-        )
-        return [
-            {
-                "case_id": r["case_id"],
-                "signal": r["signal"],
-                "state": r["state"],
-                "decision": orjson.loads(r["decided"]).get("decision") if r["decided"] else None,
-            }
-            for r in rows
-            if r["state"] != "new"  # only muted so far: nobody opened a case
-        ]
-
     def record_result(self, result: CommandResult, recorded_at: float | None = None) -> None:
         row = {
             "command_id": result.command_id,
@@ -153,6 +126,57 @@ class CaseStore:
             "updated_at": time.time() if updated_at is None else updated_at,
         }
         self.store.insert("case_threads", [row])
+
+
+class CaseIndex:
+    """Which cases concern a unit, from an in-memory index of every case's signal and state.
+
+    A unit lookup must answer in a few milliseconds, and a query per lookup cost 2.7 ms on chdb.
+    Cases are few (hundreds, not millions) and change at human pace, so one query rebuilds the whole
+    index when it is older than ``max_age_s``; a lookup then costs a dict access.
+    """
+
+    def __init__(
+        self, cases: CaseStore, max_age_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cases, self.max_age_s, self._clock = cases, max_age_s, clock
+        self._lock = threading.Lock()
+        self._built_at: float | None = None
+        self._by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._by_lot: dict[str, list[dict[str, Any]]] = {}
+
+    def concerning(self, model: str, batch: str, lots: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Cases about a unit's (model, batch), any failure mode, or one of its supplier lots."""
+        with self._lock:
+            if self._built_at is None or self._clock() - self._built_at > self.max_age_s:
+                self._rebuild()
+            found = list(self._by_cell.get((model, batch), ()))
+            for lot in lots:
+                found += self._by_lot.get(lot, ())
+        return sorted(found, key=lambda c: c["case_id"])
+
+    def _rebuild(self) -> None:
+        rows = self.cases.store.query(
+            "SELECT case_id, argMax(to_state, seq) AS state, argMin(data, seq) AS first,"
+            " argMaxIf(data, seq, action = 'decide') AS decided FROM case_events FINAL GROUP BY case_id"
+        )
+        by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_lot: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            identity = orjson.loads(r["first"]).get("identity") or []
+            if r["state"] == "new" or not identity:
+                continue  # only muted so far: nobody opened a case
+            case = {
+                "case_id": r["case_id"],
+                "signal": identity,
+                "state": r["state"],
+                "decision": orjson.loads(r["decided"]).get("decision") if r["decided"] else None,
+            }
+            if identity[0] == "lot":
+                by_lot.setdefault(identity[1], []).append(case)
+            else:
+                by_cell.setdefault((identity[1], identity[2]), []).append(case)
+        self._by_cell, self._by_lot, self._built_at = by_cell, by_lot, self._clock()
 
 
 def seqs_of(events: Iterable[CaseEvent]) -> tuple[int, ...]:
