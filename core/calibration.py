@@ -20,6 +20,8 @@ MONTH_S = 30 * 86_400
 CALIBRATED: dict[str, tuple[str, bool]] = {
     "poisson_cusum": ("threshold", True),  # a higher threshold alarms less
     "river_page_hinkley": ("threshold", True),
+    "ewma_rate": ("threshold", True),
+    "river_multivariate": ("threshold", True),
     "disproportionality": ("max_p", False),  # a smaller tail probability alarms less
 }
 

@@ -7,13 +7,17 @@ from typing import Any
 
 from models.base import Detector
 from models.disproportionality import Disproportionality
+from models.ewma_rate import EwmaRate
 from models.poisson_cusum import PoissonCusum
+from models.river_multivariate import RiverMultivariate
 from models.river_page_hinkley import RiverPageHinkley
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
+    RiverMultivariate.name: RiverMultivariate,
     PoissonCusum.name: PoissonCusum,
     RiverPageHinkley.name: RiverPageHinkley,
     Disproportionality.name: Disproportionality,
+    EwmaRate.name: EwmaRate,
 }
 
 
