@@ -140,6 +140,10 @@ def add_case_agents(
             log.error("slack refused case %s event #%d: %s", case_id, seq, exc)
             ref = exc.thread or thread or ThreadRef("none", "")
             status, detail = "failed", str(exc)
+        except Exception as exc:  # a rendering bug must not stop every later case's thread
+            log.exception("could not post case %s event #%d", case_id, seq)
+            ref = thread or ThreadRef("none", "")
+            status, detail = "failed", f"notifier error: {exc}"
         new = ThreadPosition(case_id, ref.channel, ref.ts, seq)
         await deps.retry(
             "thread position", lambda: asyncio.to_thread(desk.store.save_thread, new, deps.clock())
