@@ -17,7 +17,7 @@ from cases.risk import DEFAULT_MATRIX, RiskMatrix
 from core.access import AccessPolicy
 from recallwatch.case_bus import CommandBus, DirectCommandBus
 from recallwatch.case_desk import CaseDesk
-from sinks.case_store import CaseIndex, CaseStore
+from sinks.case_store import CaseStore, ConcernIndex
 from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
 from sinks.registry_store import RegistryStore
 from sinks.schema import row_counts
@@ -121,7 +121,7 @@ def create_api(
         )
         return {**_with_link(rows[0], public_url), "deliveries": deliveries}
 
-    api.include_router(registry_router(RegistryStore(store), policy, caller_role, CaseIndex(cases)))
+    api.include_router(registry_router(RegistryStore(store), policy, caller_role, ConcernIndex(cases)))
     api.include_router(
         case_router(
             cases, case_bus, policy, caller_role, risk_matrix, public_url, registry=RegistryStore(store)

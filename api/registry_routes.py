@@ -17,14 +17,14 @@ from fastapi.responses import Response, StreamingResponse
 from core.access import AccessPolicy
 from registry.scope import Scope
 from registry.units import CONTACT_FIELDS, TIME_FIELDS, format_lots
-from sinks.case_store import CaseIndex
+from sinks.case_store import ConcernIndex
 from sinks.registry_store import STORED_FIELDS, RegistryStore
 
 _SERIAL = re.compile(r"^[^\x00-\x1f]{1,128}$")
 
 
 def registry_router(
-    registry: RegistryStore, policy: AccessPolicy, caller_role: Any, cases: CaseIndex | None = None
+    registry: RegistryStore, policy: AccessPolicy, caller_role: Any, cases: ConcernIndex | None = None
 ) -> APIRouter:
     router = APIRouter()
     Role = Annotated[str, Depends(caller_role)]
@@ -46,7 +46,8 @@ def registry_router(
         if row is None:
             raise HTTPException(status_code=404, detail=f"no unit with serial {serial!r} in the registry")
         contacts = policy.sees_contacts(role)
-        history, alerts = registry.related(row["model"], row["batch"], serial)
+        history = row.pop("history")
+        alerts = [] if cases is None else cases.alerts(row["model"], row["batch"])
         concerning = [] if cases is None else cases.concerning(row["model"], row["batch"], row["lot_ids"])
         body = {
             "unit": present_unit(row, contacts=contacts),

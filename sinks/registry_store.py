@@ -157,45 +157,27 @@ class RegistryStore:
         return {r["serial"]: r for r in rows}
 
     def unit(self, serial: str) -> dict[str, Any] | None:
+        """A unit's record with its own complaint/repair/return ``history``, in one round trip.
+
+        A lookup's latency is mostly per-query overhead (about 0.8 ms each on chdb), so the history
+        rides along as a subquery; it finds the unit's cell first, so the events table is read by its
+        primary key and never scanned.
+        """
         rows = self.store.query(
-            f"SELECT serial, {', '.join(STORED_FIELDS)}, updated_at FROM units FINAL WHERE serial = {{s}}",
+            f"SELECT serial, {', '.join(STORED_FIELDS)}, updated_at, ("
+            "  SELECT groupArray(tuple(event_id, kind, occurred_at, failure_mode, component, crash, fire,"
+            "   injury)) FROM events FINAL WHERE (model, batch) IN"
+            "   (SELECT model, batch FROM units FINAL WHERE serial = {s}) AND serial = {s}"
+            " ) AS history FROM units FINAL WHERE serial = {s}",
             {"s": serial},
         )
-        return rows[0] if rows else None
-
-    def related(
-        self, model: str, batch: str, serial: str
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The unit's own complaint/repair/return history and the alerts on its (model, batch), in one
-        round trip (a lookup's latency is mostly per-query overhead)."""
-        rows = self.store.query(
-            "SELECT 'event' AS what, event_id AS id, kind AS label, occurred_at AS at, failure_mode,"
-            " component, crash, fire, injury, toFloat64(0) AS score"
-            " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}"
-            " UNION ALL"
-            " SELECT 'alert' AS what, alert_id AS id, detector AS label, opened_at AS at, failure_mode,"
-            " '' AS component, toUInt8(0) AS crash, toUInt8(0) AS fire, toUInt8(0) AS injury, score"
-            " FROM alerts FINAL WHERE model = {m} AND batch = {b}",
-            {"m": model, "b": batch, "s": serial},
-        )
-        history = sorted(
-            (
-                {"event_id": r["id"], "kind": r["label"], "occurred_at": r["at"],
-                 "failure_mode": r["failure_mode"], "component": r["component"], "crash": r["crash"],
-                 "fire": r["fire"], "injury": r["injury"]}
-                for r in rows if r["what"] == "event"
-            ),
-            key=lambda e: (e["occurred_at"], e["event_id"]),
-        )  # fmt: skip
-        alerts = sorted(
-            (
-                {"alert_id": r["id"], "opened_at": r["at"], "failure_mode": r["failure_mode"],
-                 "detector": r["label"], "score": r["score"]}
-                for r in rows if r["what"] == "alert"
-            ),
-            key=lambda a: (-a["opened_at"], a["alert_id"]),
-        )  # fmt: skip
-        return history, alerts
+        if not rows:
+            return None
+        row = rows[0]
+        keys = ("event_id", "kind", "occurred_at", "failure_mode", "component", "crash", "fire", "injury")
+        events = [dict(zip(keys, e, strict=True)) for e in row.pop("history")]
+        row["history"] = sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
+        return row
 
     def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
         """Size, serial ranges, breakdowns and reachable customers of a scope.

@@ -10,7 +10,7 @@ from cases.commands import Command
 from cases.lifecycle import State
 from cases.risk import DEFAULT_MATRIX
 from recallwatch.case_desk import CaseDesk
-from sinks.case_store import CaseIndex, CaseStore, ThreadPosition
+from sinks.case_store import CaseStore, ConcernIndex, ThreadPosition
 from sinks.clickhouse import ClickHouseStore
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_listing_by_state_and_thread_positions(store: ClickHouseStore) -> None:
 def test_the_case_index_answers_from_memory_and_refreshes_when_stale(store: ClickHouseStore) -> None:
     desk = desk_on(store)
     now = [0.0]
-    index = CaseIndex(CaseStore(store), max_age_s=2.0, clock=lambda: now[0])
+    index = ConcernIndex(CaseStore(store), max_age_s=2.0, clock=lambda: now[0])
     assert index.concerning("KT-100", "B05") == []
     (opened,) = desk.on_alert(ALERT, at=100.0)
     lot = desk.on_alert({"alert_id": "l1", "supplier_lot": "HT-7"}, at=110.0)[0].case_id

@@ -10,6 +10,7 @@ import pytest
 from recallwatch.registry_import import import_files
 from registry.scope import Scope
 from registry.serials import compress_serials
+from sinks.case_store import CaseStore, ConcernIndex
 from sinks.clickhouse import ClickHouseStore
 from sinks.registry_store import RegistryStore
 
@@ -160,14 +161,27 @@ def test_sql_serial_split_agrees_with_the_pure_rule(registry: RegistryStore, tmp
         ), serial
 
 
-def test_lookup_sees_an_alert_on_a_cell_that_had_none(registry: RegistryStore, tmp_path: Path) -> None:
+def test_lookup_carries_the_units_own_history_and_the_index_sees_new_alerts(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
     mes = write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())
     import_files([mes], registry, now=NOW, progress=False)
-    assert registry.related("A", "A1", "A-000001") == ([], [])
+    unit = registry.unit("A-000001")
+    assert unit is not None and unit["history"] == []
+    event = {"event_id": "e1", "kind": "complaint", "occurred_at": NOW, "serial": "A-000001", "model": "A",
+             "batch": "A1", "failure_mode": "fire", "component": "heater", "crash": 0, "fire": 1, "injury": 0,
+             "region": "EU", "units": 0, "src_partition": 0, "src_offset": 1, "ingested_at": NOW}  # fmt: skip
+    registry.store.insert("events", [event, {**event, "event_id": "e2", "serial": "A-000002"}])
+    history = registry.unit("A-000001")["history"]  # type: ignore[index]
+    assert [(e["event_id"], e["kind"], e["fire"]) for e in history] == [("e1", "complaint", 1)]
+
+    now = [0.0]
+    index = ConcernIndex(CaseStore(registry.store), max_age_s=2.0, clock=lambda: now[0])
+    assert index.alerts("A", "A1") == []
     registry.store.insert(
         "alerts",
         [{"alert_id": "al1", "opened_at": NOW, "model": "A", "batch": "A1", "failure_mode": "fire",
           "detector": "cusum", "score": 2.5}],
     )  # fmt: skip
-    _history, alerts = registry.related("A", "A1", "A-000001")
-    assert [a["alert_id"] for a in alerts] == ["al1"]
+    now[0] = 3.0  # the index is rebuilt once it is older than max_age_s
+    assert [a["alert_id"] for a in index.alerts("A", "A1")] == ["al1"] and index.alerts("A", "A2") == []
