@@ -46,7 +46,7 @@ def registry_router(
         if row is None:
             raise HTTPException(status_code=404, detail=f"no unit with serial {serial!r} in the registry")
         contacts = policy.sees_contacts(role)
-        history = row.pop("history")
+        history = registry.history(row["model"], row["batch"], serial)
         alerts = [] if cases is None else cases.alerts(row["model"], row["batch"])
         concerning = [] if cases is None else cases.concerning(row["model"], row["batch"], row["lot_ids"])
         body = {

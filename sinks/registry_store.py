@@ -157,27 +157,24 @@ class RegistryStore:
         return {r["serial"]: r for r in rows}
 
     def unit(self, serial: str) -> dict[str, Any] | None:
-        """A unit's record with its own complaint/repair/return ``history``, in one round trip.
-
-        A lookup's latency is mostly per-query overhead (about 0.8 ms each on chdb), so the history
-        rides along as a subquery; it finds the unit's cell first, so the events table is read by its
-        primary key and never scanned.
-        """
         rows = self.store.query(
-            f"SELECT serial, {', '.join(STORED_FIELDS)}, updated_at, ("
-            "  SELECT groupArray(tuple(event_id, kind, occurred_at, failure_mode, component, crash, fire,"
-            "   injury)) FROM events FINAL WHERE (model, batch) IN"
-            "   (SELECT model, batch FROM units FINAL WHERE serial = {s}) AND serial = {s}"
-            " ) AS history FROM units FINAL WHERE serial = {s}",
+            f"SELECT serial, {', '.join(STORED_FIELDS)}, updated_at FROM units FINAL WHERE serial = {{s}}",
             {"s": serial},
         )
-        if not rows:
-            return None
-        row = rows[0]
-        keys = ("event_id", "kind", "occurred_at", "failure_mode", "component", "crash", "fire", "injury")
-        events = [dict(zip(keys, e, strict=True)) for e in row.pop("history")]
-        row["history"] = sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
-        return row
+        return rows[0] if rows else None
+
+    def history(self, model: str, batch: str, serial: str) -> list[dict[str, Any]]:
+        """A unit's own complaint/repair/return events, oldest first, read by the events' primary key.
+
+        (As a subquery of ``unit`` it cost more, not less: the subquery must look the unit up again,
+        and a point lookup in ``units`` is the expensive part, 3.8 ms against 1.3 ms for this.)
+        """
+        return self.store.query(
+            "SELECT event_id, kind, occurred_at, failure_mode, component, crash, fire, injury"
+            " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}"
+            " ORDER BY occurred_at, event_id",
+            {"m": model, "b": batch, "s": serial},
+        )
 
     def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
         """Size, serial ranges, breakdowns and reachable customers of a scope.

@@ -166,13 +166,12 @@ def test_lookup_carries_the_units_own_history_and_the_index_sees_new_alerts(
 ) -> None:
     mes = write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())
     import_files([mes], registry, now=NOW, progress=False)
-    unit = registry.unit("A-000001")
-    assert unit is not None and unit["history"] == []
+    assert registry.history("A", "A1", "A-000001") == []
     event = {"event_id": "e1", "kind": "complaint", "occurred_at": NOW, "serial": "A-000001", "model": "A",
              "batch": "A1", "failure_mode": "fire", "component": "heater", "crash": 0, "fire": 1, "injury": 0,
              "region": "EU", "units": 0, "src_partition": 0, "src_offset": 1, "ingested_at": NOW}  # fmt: skip
     registry.store.insert("events", [event, {**event, "event_id": "e2", "serial": "A-000002"}])
-    history = registry.unit("A-000001")["history"]  # type: ignore[index]
+    history = registry.history("A", "A1", "A-000001")
     assert [(e["event_id"], e["kind"], e["fire"]) for e in history] == [("e1", "complaint", 1)]
 
     now = [0.0]
