@@ -10,15 +10,30 @@ replays into the same outputs, which every sink deduplicates by key.
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
+import pyarrow as pa
 
 from core.alerts import Alert
 from core.cells import BucketOutcome, CellState, RatePoint
 from core.config import DetectionConfig
-from streams.records import Event, Rejection, decode_event
+from streams.records import Event, EventFields, Rejection, decode_fields
+
+
+class SourceRecord(Protocol):
+    """What processing reads of one message: a :class:`RawRecord`, or Faust's ``Message`` itself
+    (the worker passes those as they are rather than copy a few fields of each)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> float: ...  # broker/producer timestamp, epoch seconds
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,40 +44,104 @@ class RawRecord:
     value: bytes | None
 
 
+# The ``events`` and ``rates`` rows, the bulk of what a worker writes, travel as tuples in these
+# column orders and go to ClickHouse column-wise through Arrow (``rows_table``): no dict per row,
+# no JSON built in Python. The Arrow types are the tables' own (sinks/schema.py), DateTime as
+# UInt32 epoch seconds, so both back ends store exactly what the dict rows stored.
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("kind", pa.string()),
+        ("occurred_at", pa.uint32()),
+        ("serial", pa.string()),
+        ("model", pa.string()),
+        ("batch", pa.string()),
+        ("failure_mode", pa.string()),
+        ("component", pa.string()),
+        ("crash", pa.uint8()),
+        ("fire", pa.uint8()),
+        ("injury", pa.uint8()),
+        ("region", pa.string()),
+        ("units", pa.uint32()),
+        ("src_partition", pa.uint32()),
+        ("src_offset", pa.uint64()),
+        ("ingested_at", pa.uint32()),
+    ]
+)
+RATE_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("batch", pa.string()),
+        ("failure_mode", pa.string()),
+        ("bucket_start", pa.uint32()),
+        ("bucket_s", pa.uint32()),
+        ("window_s", pa.uint32()),
+        ("count", pa.uint32()),
+        ("window_count", pa.uint32()),
+        ("units_in_field", pa.uint64()),
+        ("exposure_unit_days", pa.float64()),
+        ("expected", pa.float64()),
+        ("rate_per_1000", pa.float64()),
+        ("window_rate_per_1000", pa.float64()),
+    ]
+)
+EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
+
+
 @dataclass
 class BatchResult:
-    event_rows: list[dict[str, Any]] = field(default_factory=list)
-    rate_rows: list[dict[str, Any]] = field(default_factory=list)
+    event_rows: list[tuple[Any, ...]] = field(default_factory=list)  # in EVENT_COLUMNS order
+    rate_rows: list[tuple[Any, ...]] = field(default_factory=list)  # in RATE_COLUMNS order
     reject_rows: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
-    dead_letters: list[tuple[RawRecord, str]] = field(default_factory=list)
+    dead_letters: list[tuple[SourceRecord, str]] = field(default_factory=list)
     touched: dict[str, int] = field(default_factory=dict)  # cell key -> partition
     applied: int = 0
     replayed: int = 0
 
 
-def event_row(event: Event, record: RawRecord, ingested_at: float) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "kind": event.kind,
-        "occurred_at": int(event.occurred_ts),
-        "serial": event.serial,
-        "model": event.model,
-        "batch": event.batch,
-        "failure_mode": event.failure_mode,
-        "component": event.component,
-        "crash": int(event.severity.crash),
-        "fire": int(event.severity.fire),
-        "injury": int(event.severity.injury),
-        "region": event.region,
-        "units": event.units,
-        "src_partition": record.partition,
-        "src_offset": record.offset,
-        "ingested_at": int(ingested_at),
-    }
+def event_values(event: EventFields, record: SourceRecord, ingested_at: int) -> tuple[Any, ...]:
+    """One ``events`` row in EVENT_COLUMNS order."""
+    return (
+        event.event_id,
+        event.kind,
+        int(event.occurred_ts),
+        event.serial,
+        event.model,
+        event.batch,
+        event.failure_mode,
+        event.component,
+        int(event.crash),
+        int(event.fire),
+        int(event.injury),
+        event.region,
+        event.units,
+        record.partition,
+        record.offset,
+        ingested_at,
+    )
 
 
-def reject_row(topic: str, record: RawRecord, reason: str, rejected_at: float) -> dict[str, Any]:
+def event_row(event: Event | EventFields, record: SourceRecord, ingested_at: float) -> dict[str, Any]:
+    """One ``events`` row as a dict (the row-wise form of :func:`event_values`)."""
+    fields = EventFields.of(event) if isinstance(event, Event) else event
+    return dict(zip(EVENT_COLUMNS, event_values(fields, record, int(ingested_at)), strict=True))
+
+
+def rows_table(schema: pa.Schema, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Tuples in ``schema``'s column order as an Arrow table, for ``ClickHouseStore.insert_arrow``."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    return pa.Table.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
+def rows_dicts(schema: pa.Schema, rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The same rows as dicts: what ``ClickHouseStore.insert`` takes."""
+    return [dict(zip(schema.names, row, strict=True)) for row in rows]
+
+
+def reject_row(topic: str, record: SourceRecord, reason: str, rejected_at: float) -> dict[str, Any]:
     return {
         "reject_id": f"{topic}:{record.partition}:{record.offset}",
         "topic": topic,
@@ -85,7 +164,7 @@ def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
 
 
 def process_batch(
-    records: Sequence[RawRecord],
+    records: Sequence[SourceRecord],
     cells: MutableMapping[str, CellState],
     cfg: DetectionConfig,
     topic: str,
@@ -96,32 +175,45 @@ def process_batch(
     ``now`` (wall time) only stamps ``ingested_at``/``rejected_at``; detection runs on event time.
     """
     result = BatchResult()
+    ingested_at = int(now)
+    event_rows, rate_rows, touched = result.event_rows, result.rate_rows, result.touched
+    batch_cells: dict[str, CellState] = {}  # this batch's cells, so each is looked up in ``cells`` once
+    applied = replayed = 0
     for record in records:
-        decoded = decode_event(record.value)
+        decoded = decode_fields(record.value)
         if isinstance(decoded, Rejection):
             result.dead_letters.append((record, decoded.reason))
             result.reject_rows.append(reject_row(topic, record, decoded.reason, now))
             continue
         # Rows go out for replayed events too: the sink deduplicates, and a crash between the
         # state's changelog write and the sink write must not leave the row missing.
-        result.event_rows.append(event_row(decoded, record, now))
+        event_rows.append(event_values(decoded, record, ingested_at))
         key = decoded.cell_key
-        state = cells.get(key)
+        state = batch_cells.get(key)
         if state is None:
-            state = cells[key] = CellState(decoded.model, decoded.batch)
-        if state.already_applied(record.partition, record.offset):
-            result.replayed += 1
+            state = cells.get(key)
+            if state is None:
+                state = cells[key] = CellState(decoded.model, decoded.batch)
+            batch_cells[key] = state
+        partition, offset = record.partition, record.offset
+        if state.already_applied(partition, offset):
+            replayed += 1
             continue
         outcome = apply_event(state, decoded, cfg, record.timestamp)
-        state.mark_applied(record.partition, record.offset)
-        result.touched[key] = record.partition
-        result.applied += 1
-        result.rate_rows.extend(_rate_row(p) for p in outcome.rates)
-        result.alerts.extend(outcome.alerts)
+        state.mark_applied(partition, offset)
+        touched[key] = partition
+        applied += 1
+        if outcome.rates:
+            rate_rows.extend(outcome.rates)  # a RatePoint is a named tuple: already a row
+        if outcome.alerts:
+            result.alerts.extend(outcome.alerts)
+    result.applied, result.replayed = applied, replayed
     return result
 
 
-def apply_event(state: CellState, event: Event, cfg: DetectionConfig, produced_at: float) -> BucketOutcome:
+def apply_event(
+    state: CellState, event: Event | EventFields, cfg: DetectionConfig, produced_at: float
+) -> BucketOutcome:
     if event.kind == "shipment":
         return state.apply_shipment(cfg, event.units, event.occurred_ts, event.event_id, produced_at)
     if event.kind == "population":
@@ -129,9 +221,7 @@ def apply_event(state: CellState, event: Event, cfg: DetectionConfig, produced_a
     return state.apply_incident(cfg, event.failure_mode, event.occurred_ts, event.event_id, produced_at)
 
 
-RATE_COLUMNS = tuple(f.name for f in fields(RatePoint))
-
-
-def _rate_row(point: RatePoint) -> dict[str, Any]:
-    # The rates table mirrors RatePoint field for field; no asdict(), which deep-copies per row.
-    return {name: getattr(point, name) for name in RATE_COLUMNS}
+# The rates table mirrors RatePoint field for field, so a RatePoint is a rates row as it stands.
+RATE_COLUMNS = RatePoint._fields
+if tuple(RATE_SCHEMA.names) != RATE_COLUMNS:
+    raise RuntimeError("RATE_SCHEMA must list RatePoint's fields in order")

@@ -422,3 +422,55 @@ def test_closed_port_raises_unavailable(tmp_path: Path) -> None:
                 attempt()
     finally:
         s.close()
+
+
+# --- the worker's column-wise path -------------------------------------------------------------------
+
+
+def _worker_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The events and rates rows a worker writes for a stretch of simulated events, plus edge values."""
+    from config.settings import load_settings
+    from streams.processing import RATE_SCHEMA, RawRecord, process_batch
+    from streams.records import encode_event
+    from streams.simulator import SimulationConfig, Simulator
+
+    events = [e for _, batch in Simulator(SimulationConfig(seed=4, days=45)).run() for e in batch]
+    records = [RawRecord(5, 2**40 + i, 0.0, encode_event(e)) for i, e in enumerate(events)]
+    result = process_batch(records, {}, load_settings().detection.to_core(), "rw.events", now=T0)
+    edge = dict(SAMPLE_ROWS["rates"][0], units_in_field=2**64 - 1, window_rate_per_1000=1e-300)
+    assert list(edge) == RATE_SCHEMA.names  # so its values are a row in column order
+    edges = [tuple(dict(edge, expected=x, failure_mode=f"edge{i}").values()) for i, x in enumerate(
+        (math.nan, math.inf, -math.inf, 0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308)
+    )]  # fmt: skip
+    return result.event_rows, [*result.rate_rows, *edges]
+
+
+RATES_KEY = ("model", "batch", "failure_mode", "window_s", "bucket_start")
+
+
+def test_arrow_rows_store_exactly_what_dict_rows_store(store: ClickHouseStore) -> None:
+    """The worker writes events and rates column-wise: same rows, values and types as row-wise."""
+    from streams.processing import EVENT_SCHEMA, RATE_SCHEMA, rows_dicts, rows_table
+
+    event_rows, rate_rows = _worker_rows()
+    assert len(event_rows) > 1000 and len(rate_rows) > 1000
+    stored = []
+    for write in ("dicts", "arrow"):
+        for table, schema, rows in (("events", EVENT_SCHEMA, event_rows), ("rates", RATE_SCHEMA, rate_rows)):
+            store.query(f"TRUNCATE TABLE {table}")
+            if write == "dicts":
+                assert store.insert(table, rows_dicts(schema, rows)) == len(rows)
+            else:
+                assert store.insert_arrow(table, rows_table(schema, rows)) == len(rows)
+        stored.append(
+            repr(
+                [
+                    store.query("SELECT * FROM events ORDER BY event_id"),
+                    store.query(f"SELECT * FROM rates ORDER BY {', '.join(RATES_KEY)}"),
+                    store.query("SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+                                "AND table IN ('events', 'rates') ORDER BY table, name"),
+                ]
+            )
+        )  # fmt: skip
+    assert stored[0] == stored[1]
+    assert store.insert_arrow("events", rows_table(EVENT_SCHEMA, [])) == 0

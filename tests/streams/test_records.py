@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
-from streams.records import Event, Rejection, cell_key, decode_event, encode_event
+from streams.records import Event, EventFields, Rejection, cell_key, decode_event, decode_fields, encode_event
 
 GOOD = {
     "event_id": "e1",
@@ -45,3 +47,90 @@ def test_invalid_events_are_rejected_with_the_reason(change, reason):
 @pytest.mark.parametrize("payload", [None, b"", b"not json", b"[1,2]", b'"str"', b"\x00\xff"])
 def test_garbage_is_rejected_not_raised(payload):
     assert isinstance(decode_event(payload), Rejection)
+
+
+# --- the worker's fast decoder agrees with the model -------------------------------------------------
+
+TIMES = [
+    "2025-03-01T10:00:00Z", "2025-03-01T10:00:00+00:00", "2025-03-01T10:00:00.5Z",
+    "2025-03-01T10:00:00.123456Z", "2025-03-01T10:00:00.1234567Z", "2025-03-01T10:00:00+02:00",
+    "2025-03-01T10:00:00-05:30", "2025-03-01T10:00:00-00:00", "2025-03-01T10:00:00", "2025-03-01 10:00:00Z",
+    "2025-02-30T10:00:00Z", "2025-03-01T24:00:00Z", "2025-03-01T23:59:60Z", "1989-12-31T23:59:59Z",
+    "1990-01-01T00:00:00Z", "2099-12-31T23:59:59.999999Z", "2100-01-01T00:00:00Z", "2025-03-01T10:00Z",
+    "٢٠٢٥-03-01T10:00:00Z", "2025-03-01", "", "2025-03-01T10:00:00z", 1740823200, 1740823200.5,
+    "1740823200", None,
+]  # fmt: skip
+NAMES = ["KT-100", "", "a|b", "x" * 128, "x" * 129, "a\n", "\n", "a\x1f", "snow ☃", "a\x7f", 5, None, ["a"]]
+TEXTS = ["", "power_cord", "x" * 64, "x" * 65, "x" * 128, "x" * 129, 5, None, True, {"a": 1}]
+VARIANTS: dict[str, list[object]] = {
+    "event_id": ["e1", "", "x" * 200, "x" * 201, 7, None, 1.5],
+    "kind": ["complaint", "repair", "return", "shipment", "population", "rumour", "Complaint", 1, None],
+    "occurred_at": TIMES,
+    "model": NAMES,
+    "batch": NAMES,
+    "serial": TEXTS,
+    "failure_mode": TEXTS,
+    "component": TEXTS,
+    "region": TEXTS,
+    "units": [0, 1, -1, 40_000, 10_000_000, 10_000_001, 5.0, 5.5, "5", True, False, None, 2**63 - 1],
+    "severity": [
+        {}, {"crash": True}, {"crash": 1}, {"crash": "true"}, {"crash": None}, {"boom": True}, None, [],
+        "x", {"crash": False, "fire": True, "injury": True}, {"fire": 0.0},
+    ],
+    "surprise": [1, None],
+}  # fmt: skip
+RAW = [
+    b'{"event_id":"a","event_id":"b","kind":"complaint","occurred_at":"2025-03-01T10:00:00Z",'
+    b'"model":"M","batch":"B","failure_mode":"f"}',
+    b'{"event_id":"a","kind":"shipment","occurred_at":"2025-03-01T10:00:00Z","model":"M","batch":"B",'
+    b'"units":123456789012345678901234567890}',
+    b'{"event_id":"a","kind":"shipment","occurred_at":"2025-03-01T10:00:00Z","model":"M","batch":"B",'
+    b'"units":NaN}',
+    b'{"event_id":"a\\ud800","kind":"complaint","occurred_at":"2025-03-01T10:00:00Z","model":"M",'
+    b'"batch":"B","failure_mode":"f"}',
+    b"[]",
+    b"null",
+    b'"x"',
+    b"{}",
+]
+
+
+def _reference(payload: bytes | None) -> EventFields | Rejection:
+    decoded = decode_event(payload)
+    return decoded if isinstance(decoded, Rejection) else EventFields.of(decoded)
+
+
+def _payloads() -> list[bytes]:
+    rng = random.Random(7)
+    out = [orjson.dumps(GOOD), *RAW]
+    for name, values in VARIANTS.items():  # every variant of every field, one at a time
+        out += [orjson.dumps({**GOOD, name: v}) for v in values]
+        out.append(orjson.dumps({k: v for k, v in GOOD.items() if k != name}))
+    for _ in range(4000):  # and random combinations of a few
+        event: dict[str, object] = {**GOOD, "kind": rng.choice(VARIANTS["kind"][:5]), "units": 5}
+        for name in rng.sample(sorted(VARIANTS), rng.randint(1, 3)):
+            if rng.random() < 0.1:
+                event.pop(name, None)
+            else:
+                event[name] = rng.choice(VARIANTS[name])
+        out.append(orjson.dumps(event))
+    return out
+
+
+def test_decode_fields_gives_the_models_verdict_reason_and_values():
+    payloads = _payloads()
+    results = [decode_fields(p) for p in payloads]
+    for payload, got in zip(payloads, results, strict=True):
+        assert repr(got) == repr(_reference(payload)), payload
+    # Both verdicts are well represented, so the comparison means something.
+    assert 500 < sum(isinstance(r, EventFields) for r in results) < len(results) - 500
+
+
+def test_canonical_events_skip_the_model(monkeypatch):
+    from streams import records
+    from streams.simulator import SimulationConfig, Simulator
+
+    events = [e for _, batch in Simulator(SimulationConfig(seed=2, days=20)).run() for e in batch]
+    payloads = [encode_event(e) for e in events]
+    monkeypatch.setattr(records, "_validate", lambda data, payload: pytest.fail("took the model's path"))
+    assert [decode_fields(p) for p in payloads] == [EventFields.of(e) for e in events]
