@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
@@ -41,7 +41,7 @@ SYSTEM_ACTOR = "recallwatch"
 SYSTEM_ONLY = frozenset({"escalate"})  # the worker escalates overdue tasks; nobody asks for it
 _SUMMARY_FIELDS = (
     "case_id", "identity", "title", "state", "decision", "opened_at", "updated_at", "owner",
-    "alerts", "muted_alerts", "events",
+    "alerts", "muted_alerts", "events", "rank",
 )  # fmt: skip
 
 
@@ -185,8 +185,10 @@ def list_cases(
     model: str | None,
     batch: str | None,
     limit: int,
+    order: str = "updated",
 ) -> list[dict[str, Any]]:
-    """Cases most recently changed first; model and batch filter on the identity of cell cases.
+    """Cases most recently changed first (or likeliest recall first, ``order="rank"``, unranked
+    last); model and batch filter on the identity of cell cases.
 
     Two queries whatever the page size: the latest state and first event of every case, then the
     logs of the chosen ones. The identity is matched in Python on the first event's data, because
@@ -202,7 +204,8 @@ def list_cases(
         params["state"] = state
     sql += " ORDER BY updated DESC, case_id"
     filtered = model is not None or batch is not None
-    if not filtered:
+    by_rank = order == "rank"  # the rank lives in the logs: every matching case is read, then cut
+    if not filtered and not by_rank:
         sql += " LIMIT {limit}"
         params["limit"] = limit
     ids: list[str] = []
@@ -210,7 +213,7 @@ def list_cases(
         if filtered and not _matches(row["first_data"], model, batch):
             continue
         ids.append(row["case_id"])
-        if len(ids) == limit:
+        if len(ids) == limit and not by_rank:
             break
     if not ids:
         return []
@@ -221,7 +224,10 @@ def list_cases(
     for r in rows:
         event = event_from_row(r)
         logs.setdefault(event.case_id, []).append(event)
-    return [case_from_events(logs[cid], matrix) for cid in ids if cid in logs]
+    found = [case_from_events(logs[cid], matrix) for cid in ids if cid in logs]
+    if by_rank:  # stable: equal ranks keep the most recently changed first
+        found.sort(key=lambda c: -c["rank"]["score"] if c["rank"] else 1.0)
+    return found[:limit]
 
 
 def _matches(first_data: str, model: str | None, batch: str | None) -> bool:
@@ -306,11 +312,14 @@ def case_router(
         model: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
         batch: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
         limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+        order: Annotated[Literal["updated", "rank"], Query()] = "updated",
     ) -> dict[str, Any]:
-        """Cases, most recently changed first, by state and by (model, batch) of their signal."""
+        """Cases by state and by (model, batch) of their signal: most recently changed first, or
+        with ``order=rank`` likeliest recall first (the alarm ranker's score of the latest alert)."""
         found = list_cases(
-            cases, matrix, state=None if state is None else str(state), model=model, batch=batch, limit=limit
-        )
+            cases, matrix, state=None if state is None else str(state), model=model, batch=batch,
+            limit=limit, order=order,
+        )  # fmt: skip
         return {"cases": [summary(c) for c in found]}
 
     @router.get("/v1/cases/{case_id}")

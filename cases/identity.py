@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from cases.lifecycle import TRANSITIONS, Action, Case, CaseEvent, State
+from cases.lifecycle import TRANSITIONS, Action, Case, CaseEvent, Decision, State
 
 KINDS: Final = {"cell": 3, "lot": 1}  # kind -> number of parts: (model, batch, failure_mode) | (lot_id,)
 
@@ -271,3 +271,23 @@ class CaseBook:
         event = case.next_event(action, actor=self.actor, at=at, reason=reason, data=data)
         self.apply(event)
         return AlertOutcome(outcome, cid, identity, event)
+
+
+def related_recalls(book: CaseBook, model: str, failure_mode: str, batch: str) -> int:
+    """How many cases on ``model`` and ``failure_mode`` in other batches than ``batch`` were
+    decided as recalls (the decision still in force).
+
+    >>> book = CaseBook([])
+    >>> case_id = book.open_case(SignalIdentity.cell("M", "B1", "fire"), actor="a", at=0, reason="r").case_id
+    >>> related_recalls(book, "M", "fire", "B2"), related_recalls(book, "M", "fire", "B1")
+    (0, 0)
+    """
+    return sum(
+        1
+        for case in book.cases()
+        if case.decision is Decision.RECALL
+        and (identity := book.identity_of(case.case_id)).kind == "cell"
+        and identity.parts[0] == model
+        and identity.parts[2] == failure_mode
+        and identity.parts[1] != batch
+    )

@@ -16,7 +16,7 @@ must never disagree. Anything shown in the API or in Slack is computed here from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +162,25 @@ def view_to_dict(view: CaseView) -> dict[str, Any]:
         ],
         "evidence": [dict(e) for e in view.evidence],
         "alerts": sum(1 for e in view.evidence if "alert_id" in e),
+        "rank": latest_rank(view.evidence),
         "muted_alerts": view.muted,
         "campaign_scope": [list(i) for i in view.campaign_scope],
         "allowed_actions": [str(a) for a in view.allowed_actions],
         "events": view.events,
     }
+
+
+def latest_rank(evidence: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The rank of the latest alert the ranker scored (``{"score", "ranker"}``), None if none was.
+
+    >>> latest_rank([{"alert_id": "a", "rank": {"score": 0.2, "ranker": "v1"}}, {"alert_id": "b"}])
+    {'score': 0.2, 'ranker': 'v1'}
+    """
+    for e in reversed(evidence):
+        rank = e.get("rank")
+        if isinstance(rank, Mapping) and isinstance(rank.get("score"), int | float):
+            return {"score": float(rank["score"]), "ranker": str(rank.get("ranker", ""))}
+    return None
 
 
 def title_of(identity: SignalIdentity) -> str:

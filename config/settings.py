@@ -118,6 +118,12 @@ class DetectionSettings(BaseModel):
         )
 
 
+class RankingSettings(BaseModel):
+    # A file written by `recallwatch train-ranker`; empty: alerts are not ranked.
+    ranker_file: str = str(Path(__file__).parent / "ranker" / "alarm-ranker-v1.json")
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class SimulatorSettings(BaseModel):
     seed: int = 7
     speed: float = Field(1.0, gt=0)
@@ -134,6 +140,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     cases: CaseSettings = CaseSettings()
     detection: DetectionSettings = DetectionSettings()
+    ranking: RankingSettings = RankingSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     log_level: str = "INFO"
 

@@ -16,8 +16,10 @@ Scores follow :mod:`core.scoring`. Two engines, chosen by the config:
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +28,10 @@ from typing import Any
 from core.alerts import ALL_MODES
 from core.cells import CellState
 from core.config import DetectionConfig
-from core.peers import DAY, PeerWindows, RecallMemory
+from core.peers import CRASH, DAY, FIRE, INJURY, PeerWindows, RecallMemory
 from core.scoring import Key, Score, by_key, score
 from models import build_detector
+from models.alarm_ranker import AlarmRanker
 from models.base import Detector
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "backtest.toml"
@@ -43,6 +46,7 @@ class HistoryEvent:
     batch: str
     component: str
     event_id: str
+    severity: int = 0  # core.peers severity bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +69,27 @@ def epoch(text: str) -> int:
     return int(value.timestamp())
 
 
+def severity_of(row: dict[str, str]) -> int:
+    """Severity bits from the optional ``crash``, ``fire``, ``injuries`` and ``deaths`` columns."""
+
+    def positive(name: str) -> bool:
+        try:
+            return float(row.get(name) or 0) > 0
+        except ValueError:  # a malformed flag is no evidence of severity
+            return False
+
+    return (
+        (CRASH if positive("crash") else 0)
+        | (FIRE if positive("fire") else 0)
+        | (INJURY if positive("injuries") or positive("deaths") else 0)
+    )
+
+
 def read_events(path: Path) -> list[HistoryEvent]:
     with path.open(newline="") as f:
         rows = [
             HistoryEvent(epoch(r["occurred_at"]), r["model"].strip(), r["batch"].strip(),
-                         r["component"].strip(), r["event_id"])
+                         r["component"].strip(), r["event_id"], severity_of(r))
             for r in csv.DictReader(f)
         ]  # fmt: skip
     rows.sort(key=lambda e: (e.t, e.event_id))  # event time, ties in a fixed order: deterministic
@@ -92,11 +112,15 @@ class BacktestConfig:
     detector: str = "disproportionality"
     params: tuple[tuple[str, Any], ...] = ()
     cells: DetectionConfig = field(default_factory=DetectionConfig)
+    # Optional alarm ranker (models/alarm_ranker.py): alarms ranked below min_rank are dropped.
+    ranker_file: str = ""
+    min_rank: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> BacktestConfig:
         data = tomllib.loads(path.read_text()).get("backtest", {})
-        unknown = set(data) - {"engine", "window_days", "history_days", "detector", "params", "cells"}
+        known = {"engine", "window_days", "history_days", "detector", "params", "cells", "ranker"}
+        unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown [backtest] keys {sorted(unknown)}")
         cells = data.get("cells", {})
@@ -114,16 +138,20 @@ class BacktestConfig:
             detector=data.get("detector", "disproportionality"),
             params=tuple(sorted(data.get("params", {}).items())),
             cells=detection,
+            ranker_file=_relative_to(path, str(data.get("ranker", {}).get("file", ""))),
+            min_rank=float(data.get("ranker", {}).get("min_rank", 0.0)),
         )
         if config.engine not in ("peers", "cells"):
             raise ValueError(f"{path}: engine must be 'peers' or 'cells'")
         build_detector(config.detector, dict(config.params))  # fail now on a bad name or parameter
+        config.load_ranker()  # and on a ranker file that cannot be read
         return config
 
     def with_params(self, **params: Any) -> BacktestConfig:
-        merged = {**dict(self.params), **params}
-        return BacktestConfig(self.engine, self.window_days, self.history_days, self.detector,
-                              tuple(sorted(merged.items())), self.cells)  # fmt: skip
+        return dataclasses.replace(self, params=tuple(sorted({**dict(self.params), **params}.items())))
+
+    def load_ranker(self) -> AlarmRanker | None:
+        return AlarmRanker.load(Path(self.ranker_file)) if self.ranker_file else None
 
     def to_toml(self) -> str:
         lines = [
@@ -142,7 +170,19 @@ class BacktestConfig:
                 continue
             text = str(value).lower() if isinstance(value, bool) else repr(value)
             lines.append(f"{name} = {text}")
+        if self.ranker_file:
+            lines += [
+                "",
+                "[backtest.ranker]",
+                f"file = {json.dumps(self.ranker_file)}",
+                f"min_rank = {self.min_rank}",
+            ]
         return "\n".join(lines) + "\n"
+
+
+def _relative_to(config_path: Path, file: str) -> str:
+    """A file named in a config, relative to the config's own directory (absolute stays)."""
+    return str(config_path.parent / file) if file and not Path(file).is_absolute() else file
 
 
 def run(
@@ -156,36 +196,53 @@ def run(
     return replay_peers(events, truth, config, progress)
 
 
-def replay_peers(
+def observations(
     events: list[HistoryEvent],
     truth: dict[Key, list[int]],
     config: BacktestConfig,
     progress: Callable[[int], None] | None = None,
-) -> list[Alarm]:
-    """Alarm at every incident whose key's detector scores >= 1 (the scorer folds episodes)."""
+) -> Iterator[tuple[HistoryEvent, dict[str, float], float]]:
+    """Each incident with its key's observation and the key's detector score, in event time.
+
+    The detector scores before it learns the observation, as the worker's do. Recalls feed the
+    observation as they become public (``related_recalls``: strictly earlier recall dates only).
+    """
     windows = PeerWindows(config.window_days * DAY, config.history_days * DAY)
     memory = RecallMemory()
     recalls = sorted((t, key) for key, dates in truth.items() for t in set(dates))
     next_recall = 0
     params = dict(config.params)
     detectors: dict[Key, Detector] = {}
-    alarms: list[Alarm] = []
     for i, e in enumerate(events):
         while next_recall < len(recalls) and recalls[next_recall][0] < e.t:
             _, (model, _batch, component) = recalls[next_recall]
             memory.add(model, component)
             next_recall += 1
-        x = windows.observe(e.t, e.model, e.batch, e.component)
+        x = windows.observe(e.t, e.model, e.batch, e.component, e.severity)
         x["related_recalls"] = float(memory.related(e.model, e.component))
         key = (e.model, e.batch, e.component)
         detector = detectors.get(key)
         if detector is None:
             detector = detectors[key] = build_detector(config.detector, params)
-        if detector.score_one(x) >= 1.0:
-            alarms.append(Alarm(e.model, e.batch, e.component, e.t))
+        yield e, x, detector.score_one(x)
         detector.learn_one(x)
         if progress is not None and i % 10_000 == 0:
             progress(i)
+
+
+def replay_peers(
+    events: list[HistoryEvent],
+    truth: dict[Key, list[int]],
+    config: BacktestConfig,
+    progress: Callable[[int], None] | None = None,
+) -> list[Alarm]:
+    """Alarm at every incident whose key's detector scores >= 1 (the scorer folds episodes) and,
+    with a ranker configured, whose rank reaches ``min_rank``."""
+    ranker = config.load_ranker()
+    alarms: list[Alarm] = []
+    for e, x, detector_score in observations(events, truth, config, progress):
+        if detector_score >= 1.0 and (ranker is None or ranker.score_one(x) >= config.min_rank):
+            alarms.append(Alarm(e.model, e.batch, e.component, e.t))
     return alarms
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cases.commands import Command, CommandRefused, UnknownCase, execute, overdue_commands
-from cases.identity import CaseBook
+from cases.identity import CaseBook, related_recalls
 from cases.lifecycle import CaseEvent, ConflictingEvent, InvalidTransition
 from cases.risk import RiskMatrix
 from cases.view import CaseView, view_of, view_to_dict
@@ -68,6 +68,13 @@ class CaseDesk:
                 return [e for e in (case.history if case else ()) if _alert_id(e) == alert_id][:1]
             self.store.append([outcome.event], recorded_at=self.clock())
             return [outcome.event]
+
+    def recalls_on(self, model: str, failure_mode: str, batch: str) -> int:
+        """Cases decided as recalls on the same model and failure mode in the model's other batches:
+        the live form of the backtest's ``related_recalls`` (a component recalled before)."""
+        with self._lock:
+            book = self.refresh()
+            return related_recalls(book, model, failure_mode, batch)
 
     def run(self, cmd: Command) -> tuple[CommandResult, list[CaseEvent]]:
         """Carry out a command; a refused one is recorded with the reason and changes nothing."""

@@ -393,6 +393,43 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from recallwatch.backtest import DEFAULT_CONFIG, BacktestConfig, read_events, read_truth
+    from recallwatch.train_ranker import file_digest, train
+
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    config = BacktestConfig.load(config_path)
+    events, truth = read_events(Path(args.events)), read_truth(Path(args.truth))
+    validate_from = None
+    if args.validate_from:
+        validate_from = int(datetime.fromisoformat(args.validate_from).replace(tzinfo=UTC).timestamp())
+    meta = {
+        "data_sha256": file_digest(Path(args.events), Path(args.truth)),
+        "data": [Path(args.events).name, Path(args.truth).name],
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    ranker, report = train(
+        events, truth, config, version=args.version, min_count=args.min_count,
+        validate_from=validate_from, c=args.c, meta=meta,
+    )  # fmt: skip
+    ranker.save(Path(args.out))
+    if args.json:
+        print(json.dumps({"version": args.version, "out": args.out, **report}))
+        return 0
+    print(
+        f"ranker {args.version}: {report['candidates']} candidates,"
+        f" {report['positives']} followed by a recall within a year"
+    )
+    for name, value in report.get("validation", {}).items():
+        print(f"  validation, {name}: {value}")
+    print(f"  weights: {report['coefficients']}")
+    print(f"ranker -> {args.out}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -478,6 +515,19 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--min-lead", type=float, default=90.0, help="median lead in days")
     tn.add_argument("--quiet", action="store_true", help="no progress bar")
     tn.set_defaults(func=cmd_tune)
+    tr = sub.add_parser(
+        "train-ranker", help="fit the alarm ranker on labelled history, validate it out of time, save it"
+    )
+    tr.add_argument("--events", required=True, help="events CSV (../shared/data/nhtsa-dev format)")
+    tr.add_argument("--truth", required=True, help="recalls CSV: campaign,model,batch,component,recall_date")
+    tr.add_argument("--out", required=True, help="ranker file to write (JSON), e.g. config/ranker/v2.json")
+    tr.add_argument("--version", required=True, help="a name for this ranker, recorded on every ranked alert")
+    tr.add_argument("--config", help="backtest TOML: windows and detector (default config/backtest.toml)")
+    tr.add_argument("--min-count", type=int, default=3, help="a key's trailing count that makes a candidate")
+    tr.add_argument("--validate-from", help="date: fit before it, report ranking quality after it")
+    tr.add_argument("--c", type=float, default=1.0, help="inverse regularisation of the logistic regression")
+    tr.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    tr.set_defaults(func=cmd_train_ranker)
     cal = sub.add_parser("calibrate", help="detector thresholds from a false-alarm budget, into a config")
     cal.add_argument("--budget", type=float, default=1.0, help="false alarm episodes per 1,000 cell-months")
     cal.add_argument("--days", type=int, default=720, help="days of in-control simulated history")

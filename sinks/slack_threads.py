@@ -115,6 +115,12 @@ def _alert_summary(alert: Mapping[str, Any]) -> str:
     return text
 
 
+def _rank_label(rank: Any) -> str:
+    if not isinstance(rank, Mapping) or not isinstance(rank.get("score"), int | float):
+        return "not ranked"
+    return f"{float(rank['score']):.0%} (ranker {rank.get('ranker', '?')})"
+
+
 def _latest_evidence(case: Mapping[str, Any]) -> str:
     alerts = [e for e in case.get("evidence", ()) if "alert_id" in e]
     if not alerts:
@@ -138,6 +144,7 @@ def _root_facts(case: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Risk", _risk_label(case.get("assessment", {}))),
         *_people(case),
         ("Alerts", f"{case.get('alerts', 0)} ({case.get('muted_alerts', 0)} muted)"),
+        ("Recall likelihood", _rank_label(case.get("rank"))),
         ("Latest evidence", _latest_evidence(case)),
         ("Opened", _iso(case.get("opened_at"))),
         ("Updated", _iso(case.get("updated_at"))),

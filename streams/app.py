@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
@@ -29,10 +30,13 @@ import orjson
 from cases.risk import load_risk_matrix
 from config.settings import Settings
 from core.cells import CellState
+from models.alarm_ranker import AlarmRanker
 from recallwatch.case_desk import CaseDesk
+from sinks.alarm_context import AlarmContext
 from sinks.case_store import CaseStore
 from sinks.clickhouse import ClickHouseStore
 from sinks.registry_store import RegistryStore
+from streams.alert_ranking import AlertRanking
 from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
 from streams.processing import (
@@ -99,6 +103,17 @@ def settle_garbage_collector() -> None:
         _gc_settled = True
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
+
+
+def alert_ranking(settings: Settings, store: ClickHouseStore, desk: CaseDesk) -> AlertRanking | None:
+    """The ranker named by the settings, reading its context from ClickHouse; None when unset."""
+    if not settings.ranking.ranker_file:
+        return None
+    # A bad file fails the worker at start (RankerFileError says why), not at the first alert.
+    ranker = AlarmRanker.load(Path(settings.ranking.ranker_file))
+    meta = ranker.meta
+    context = AlarmContext(store, int(meta.get("window_days", 90)), int(meta.get("history_days", 3650)))
+    return AlertRanking(ranker, context, desk.recalls_on, settings.ranking.timeout_s)
 
 
 class FaustTableCells(MutableMapping[str, CellState]):
@@ -411,7 +426,10 @@ def create_app(
         return retry_until_done(what, action, *retry_s)
 
     desk = CaseDesk(CaseStore(store), load_risk_matrix(settings.cases.risk_matrix), clock)
-    deps = CaseAgentDeps(desk, notifier, insert, retry, clock, stats, reject)
+    ranking = alert_ranking(settings, store, desk)
+    deps = CaseAgentDeps(
+        desk, notifier, insert, retry, clock, stats, reject, ranking.rank if ranking else None
+    )
     add_case_agents(
         app, alerts_topic, case_events_topic, deps, settings.cases.escalate_after_s,
         settings.cases.escalation_check_s,

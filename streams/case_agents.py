@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import orjson
 from cases.commands import Command
 from cases.identity import SignalIdentity, case_id_for
 from cases.lifecycle import CaseEvent
-from core.alerts import Alert
+from core.alerts import ALL_MODES, Alert
 from recallwatch.case_bus import COMMAND_TYPE, command_message
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import ThreadPosition
@@ -67,6 +67,8 @@ class CaseAgentDeps:
     clock: Callable[[], float]
     stats: Any
     reject: Callable[[bytes, str], Awaitable[None]]
+    # Best-effort rank of a new alert (streams/alert_ranking.py); None: alerts are not ranked.
+    rank: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
 
 def add_case_agents(
@@ -94,6 +96,8 @@ def add_case_agents(
                 continue
             if isinstance(item, Alert):
                 fields, at = item.to_dict(), deps.clock()
+                if deps.rank is not None and item.failure_mode != ALL_MODES:
+                    fields["rank"] = await deps.rank(fields)  # the ranker reads one failure mode
                 events = await deps.retry(
                     "case update", lambda f=fields, t=at: asyncio.to_thread(desk.on_alert, f, t)
                 )

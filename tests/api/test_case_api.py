@@ -339,6 +339,26 @@ def test_listing_filters_by_state_model_and_batch(api: Api, store: ClickHouseSto
     assert view is not None and str(view.state) == "assessing"
 
 
+def test_listing_by_rank_puts_the_likeliest_recall_first(api: Api, store: ClickHouseStore) -> None:
+    worker = CaseDesk(CaseStore(store), DEFAULT_MATRIX, time.time)
+    ranked = {"B01": 0.2, "B02": 0.9, "B03": None, "B04": 0.5}  # None: ClickHouse was down at the time
+    ids = {}
+    for batch, score in ranked.items():
+        rank = {"score": score, "ranker": "v1"} if score is not None else {"score": None, "error": "x"}
+        (opened,) = worker.on_alert(
+            {**ALERT, "alert_id": f"a-{batch}", "batch": batch, "rank": rank}, time.time()
+        )
+        ids[opened.case_id] = batch
+    r = api.get("/v1/cases?order=rank&model=KT-200")
+    assert r.status_code == 200, r.text
+    assert [ids[c["case_id"]] for c in r.json()["cases"]] == ["B02", "B04", "B01", "B03"]
+    assert r.json()["cases"][0]["rank"] == {"score": 0.9, "ranker": "v1"}
+    assert r.json()["cases"][-1]["rank"] is None
+    top = api.get("/v1/cases?order=rank&limit=1").json()["cases"]
+    assert [ids.get(c["case_id"]) for c in top] == ["B02"]  # the cut comes after the sort
+    assert api.get("/v1/cases?order=score").status_code == 422
+
+
 class QueueingBus:
     """A bus whose worker has not got round to the command yet (or, with a result, already has)."""
 

@@ -160,6 +160,7 @@ def test_root_message_shows_the_case_and_its_buttons() -> None:
         "Assignees": "ana (quality), bo (engineering), cy (legal)",
         "Acknowledged by": "bo",
         "Alerts": "2 (0 muted)",
+        "Recall likelihood": "not ranked",
         "Latest evidence": "alert a2: 14 vs 3.0 expected, detector cusum, config v3",
         "Opened": "2024-01-02T03:04:05Z",
         "Updated": "2024-01-02T03:15:05Z",

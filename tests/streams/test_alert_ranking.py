@@ -1,0 +1,116 @@
+"""Ranking a new alert: live context from ClickHouse, related recalls from the cases, best effort."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from pathlib import Path
+
+import pytest
+
+from cases.commands import Command
+from cases.risk import DEFAULT_MATRIX
+from cases.view import view_to_dict
+from config.settings import load_settings
+from core.peers import DAY
+from models.alarm_ranker import AlarmRanker
+from recallwatch.case_desk import CaseDesk
+from sinks.alarm_context import AlarmContext
+from sinks.case_store import CaseStore
+from sinks.clickhouse import ClickHouseStore, open_store
+from sinks.slack_threads import root_message
+from streams.alert_ranking import AlertRanking
+from streams.app import alert_ranking
+from streams.processing import event_row
+from streams.records import Event
+
+pytestmark = pytest.mark.integration
+T0 = 1_700_000_000
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "ranker" / "alarm-ranker-v1.json"
+ALERT = {"alert_id": "a1", "model": "KT-100", "batch": "B05", "failure_mode": "heating_element",
+         "opened_at": T0 + 60 * DAY, "count": 12, "expected": 2.5, "detector": "poisson_cusum"}  # fmt: skip
+
+
+class _Src:
+    partition, timestamp, value = 0, 0.0, None
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def _complaints(store: ClickHouseStore) -> None:
+    rows = []
+    for i in range(40):  # the alerting cell: heating elements, a third with a crash
+        event = Event.model_validate(
+            {"event_id": f"h{i}", "kind": "complaint", "occurred_at": T0 + i * DAY, "model": "KT-100",
+             "batch": "B05", "failure_mode": "heating_element", "severity": {"crash": i % 3 == 0}}
+        )  # fmt: skip
+        rows.append(event_row(event, _Src(i), T0))
+    for i in range(60):  # the fleet: other batches, other modes
+        event = Event.model_validate(
+            {"event_id": f"p{i}", "kind": "complaint", "occurred_at": T0 + i * DAY, "model": "KT-100",
+             "batch": f"B0{i % 3}", "failure_mode": "heating_element" if i % 4 == 0 else "door"}
+        )  # fmt: skip
+        rows.append(event_row(event, _Src(100 + i), T0))
+    store.insert("events", rows)
+
+
+def _desk(store: ClickHouseStore) -> CaseDesk:
+    ticks = itertools.count(1_000)
+    return CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=lambda: float(next(ticks)))
+
+
+def _recall_case_on_another_batch(desk: CaseDesk) -> None:
+    (opened,) = desk.on_alert({**ALERT, "alert_id": "old", "batch": "B01"}, at=10.0)
+    cid = opened.case_id
+    desk.run(Command("k1", cid, "assess", "ana", 20.0, "triage"))
+    for i, dim in enumerate(("severity", "scope", "legal", "brand")):
+        desk.run(Command(f"s{i}", cid, "score", "ana", 30.0 + i, "x", {"dimension": dim, "value": 4}))
+    result, _ = desk.run(Command("k2", cid, "decide", "ana", 40.0, "fires", {"decision": "recall"}))
+    assert result.status == "ok", result
+
+
+def test_an_alert_is_ranked_from_its_context_and_the_case_shows_it(store: ClickHouseStore) -> None:
+    _complaints(store)
+    desk = _desk(store)
+    ranker = AlarmRanker.load(SHIPPED)
+    ranking = AlertRanking(ranker, AlarmContext(store, 120, 3650), desk.recalls_on)
+    before = asyncio.run(ranking.rank(ALERT))
+    _recall_case_on_another_batch(desk)
+    assert desk.recalls_on("KT-100", "heating_element", "B05") == 1
+    assert desk.recalls_on("KT-100", "heating_element", "B01") == 0  # its own batch is not "related"
+    rank = asyncio.run(ranking.rank(ALERT))
+    assert rank["ranker"] == "alarm-ranker-v1" and 0.0 <= rank["score"] <= 1.0
+    assert rank["features"]["crash_share"] == pytest.approx(round(14 / 40, 4))
+    assert rank["features"]["log_related_recalls"] > 0 == before["features"]["log_related_recalls"]
+    assert rank["score"] > before["score"]  # a recall of the component elsewhere raises the likelihood
+
+    (event,) = desk.on_alert({**ALERT, "rank": rank}, at=100.0)
+    case = view_to_dict(desk.view(event.case_id))
+    assert case["rank"] == {"score": rank["score"], "ranker": "alarm-ranker-v1"}
+    _, blocks = root_message(case, "http://x/cases/1")
+    facts = " ".join(f["text"] for f in blocks[1]["fields"])
+    assert f"Recall likelihood*\n{rank['score']:.0%} (ranker alarm-ranker-v1)" in facts
+
+
+def test_an_unreachable_clickhouse_leaves_the_alert_unranked_not_held(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on: the server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = open_store(f"clickhouse://127.0.0.1:{port}/db", tmp_path)
+    ranking = AlertRanking(AlarmRanker.load(SHIPPED), AlarmContext(down, 120, 3650), lambda m, f, b: 0)
+    rank = asyncio.run(ranking.rank(ALERT))
+    assert rank["score"] is None and rank["ranker"] == "alarm-ranker-v1" and "not ranked" in rank["error"]
+    down.close()
+
+
+def test_the_worker_loads_the_configured_ranker_or_none(store: ClickHouseStore, tmp_path: Path) -> None:
+    desk = _desk(store)
+    shipped = alert_ranking(load_settings(), store, desk)
+    assert shipped is not None and shipped.ranker.version == "alarm-ranker-v1"
+    assert shipped.context.window_s == shipped.ranker.meta["window_days"] * DAY
+    assert alert_ranking(load_settings(ranking={"ranker_file": ""}), store, desk) is None
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="format"):  # a bad file stops the worker at start
+        alert_ranking(load_settings(ranking={"ranker_file": str(tmp_path / "bad.json")}), store, desk)
