@@ -121,6 +121,7 @@ class DecideArgs(_Strict):
 
 class CampaignArgs(_Strict):
     scope: Annotated[list[Identity], Field(max_length=1000)] = Field(default_factory=list)
+    remedy: Literal["repair", "replace", "refund", "inspect"] = "repair"
 
 
 class SilenceArgs(_Strict):

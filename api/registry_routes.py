@@ -58,7 +58,7 @@ def registry_router(
                 "alerts": alerts,
                 "cases": concerning,
                 "campaigns": [c["case_id"] for c in concerning if c["state"] == "campaign"],
-                "remedy": None,  # set by the campaign's remedy once campaigns carry one
+                "remedy": next((c["remedy"] for c in concerning if c["state"] == "campaign"), None),
             },
         }
         # Plain dicts of str/int/float/bool: orjson directly, skipping FastAPI's encoder (~0.3 ms).

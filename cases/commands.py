@@ -194,12 +194,24 @@ def _decide(book: CaseBook, matrix: RiskMatrix, cmd: Command) -> list[CaseEvent]
     return _act(book, cmd, Action.DECIDE, decision=decision, assessment=against)
 
 
+REMEDIES = ("repair", "replace", "refund", "inspect")
+"""What a campaign offers each affected unit's owner (shown by the unit lookup)."""
+
+
 def _campaign(book: CaseBook, _m: RiskMatrix, cmd: Command) -> list[CaseEvent]:
     try:
         scope = [SignalIdentity.from_list(i) for i in cmd.args.get("scope") or ()]
     except (ValueError, IndexError, TypeError):
         raise CommandRefused("scope must be a list of identities like ['cell', model, batch, mode]") from None
-    data = {"scope": sorted(i.to_list() for i in scope), "command_id": cmd.command_id, "command": cmd.kind}
+    remedy = cmd.args.get("remedy", "repair")
+    if remedy not in REMEDIES:
+        raise CommandRefused(f"remedy must be one of {', '.join(REMEDIES)}, not {remedy!r}")
+    data = {
+        "scope": sorted(i.to_list() for i in scope),
+        "remedy": remedy,
+        "command_id": cmd.command_id,
+        "command": cmd.kind,
+    }
     event = book.act(
         cmd.case_id, Action.LAUNCH_CAMPAIGN, actor=cmd.actor, at=cmd.at, reason=cmd.reason, data=data
     )

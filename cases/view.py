@@ -44,6 +44,7 @@ class CaseView:
     evidence: tuple[Mapping[str, Any], ...]  # alerts and notes, oldest first
     muted: int  # alerts muted by a campaign or a silence
     campaign_scope: tuple[tuple[str, ...], ...]
+    campaign_remedy: str | None
     allowed_actions: tuple[Action, ...]
     events: int = 0
     last: CaseEvent | None = field(default=None, compare=False)
@@ -61,6 +62,7 @@ def view_of(case: Case, identity: SignalIdentity, matrix: RiskMatrix) -> CaseVie
     evidence: list[Mapping[str, Any]] = []
     muted = 0
     scope: tuple[tuple[str, ...], ...] = ()
+    remedy: str | None = None
     for e in case.history:
         d = e.data
         if e.action is Action.OPEN and opened_at is None:
@@ -99,6 +101,7 @@ def view_of(case: Case, identity: SignalIdentity, matrix: RiskMatrix) -> CaseVie
             escalated.add(str(d["task_id"]))
         elif e.action is Action.LAUNCH_CAMPAIGN:
             scope = tuple(tuple(i) for i in d.get("scope", ()))
+            remedy = d.get("remedy")
     last = case.history[-1] if case.history else None
     return CaseView(
         case_id=case.case_id,
@@ -117,6 +120,7 @@ def view_of(case: Case, identity: SignalIdentity, matrix: RiskMatrix) -> CaseVie
         evidence=tuple(evidence),
         muted=muted,
         campaign_scope=scope,
+        campaign_remedy=remedy,
         allowed_actions=case.allowed_actions(),
         events=case.seq,
         last=last,
@@ -165,6 +169,7 @@ def view_to_dict(view: CaseView) -> dict[str, Any]:
         "rank": latest_rank(view.evidence),
         "muted_alerts": view.muted,
         "campaign_scope": [list(i) for i in view.campaign_scope],
+        "campaign_remedy": view.campaign_remedy,
         "allowed_actions": [str(a) for a in view.allowed_actions],
         "events": view.events,
     }

@@ -168,7 +168,9 @@ class ConcernIndex:
     def _rebuild(self) -> None:
         rows = self.cases.store.query(
             "SELECT case_id, argMax(to_state, seq) AS state, argMin(data, seq) AS first,"
-            " argMaxIf(data, seq, action = 'decide') AS decided FROM case_events FINAL GROUP BY case_id"
+            " argMaxIf(data, seq, action = 'decide') AS decided,"
+            " argMaxIf(data, seq, action = 'launch_campaign') AS campaign"
+            " FROM case_events FINAL GROUP BY case_id"
         )
         by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
         by_lot: dict[str, list[dict[str, Any]]] = {}
@@ -176,16 +178,22 @@ class ConcernIndex:
             identity = orjson.loads(r["first"]).get("identity") or []
             if r["state"] == "new" or not identity:
                 continue  # only muted so far: nobody opened a case
+            campaign = orjson.loads(r["campaign"]) if r["campaign"] else {}
             case = {
                 "case_id": r["case_id"],
                 "signal": identity,
                 "state": r["state"],
                 "decision": orjson.loads(r["decided"]).get("decision") if r["decided"] else None,
+                "remedy": campaign.get("remedy") if r["state"] == "campaign" else None,
             }
-            if identity[0] == "lot":
-                by_lot.setdefault(identity[1], []).append(case)
-            else:
-                by_cell.setdefault((identity[1], identity[2]), []).append(case)
+            # A running campaign also concerns the neighbouring batches and lots it was extended to.
+            covered = [identity, *(campaign.get("scope", []) if r["state"] == "campaign" else [])]
+            keys = {(i[0], *i[1:3]) for i in covered if i and i[0] in ("lot", "cell")}
+            for kind, *parts in sorted(keys):
+                if kind == "lot":
+                    by_lot.setdefault(parts[0], []).append(case)
+                else:
+                    by_cell.setdefault((parts[0], parts[1]), []).append(case)
         alerts: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for a in self.cases.store.query(
             "SELECT alert_id, model, batch, opened_at, failure_mode, detector, score FROM alerts FINAL"
