@@ -30,10 +30,10 @@ import math
 from typing import Any
 
 from models.base import Observation, read_observation
-from models.baseline import ExposureBaseline
+from models.baseline import BaselineChart
 
 
-class EwmaRate:
+class EwmaRate(BaselineChart):
     """Upper (one-sided) EWMA of Poisson residuals, normalised so 1.0 is the alarm line."""
 
     name = "ewma_rate"
@@ -56,21 +56,14 @@ class EwmaRate:
             raise ValueError("need threshold > 0 and min_expected >= 0")
         self.lam = lam
         self.threshold = threshold
-        self.warmup_steps = warmup_steps
-        self.baseline_z = baseline_z
-        self.learn_below = learn_below
         self.min_expected = min_expected
-        self.baseline = ExposureBaseline(prior_rate, prior_exposure, forget)
+        self._init_baseline(warmup_steps, baseline_z, prior_rate, prior_exposure, forget, learn_below)
         self.limit = threshold * math.sqrt(lam / (2.0 - lam))
         self.statistic = 0.0
 
     @property
-    def warmed_up(self) -> bool:
-        # Buckets watched, not incidents: a failure mode never seen before can still alarm.
-        return self.baseline.steps >= self.warmup_steps
-
-    def expected(self, x: Observation) -> float:
-        return self.baseline.rate * read_observation(x)[1]
+    def alarm_line(self) -> float:
+        return self.limit
 
     def _residual(self, x: Observation) -> float:
         count, exposure = read_observation(x)
@@ -88,29 +81,6 @@ class EwmaRate:
         # credit that would delay the alarm when a defect starts.
         return max(0.0, smoothed)
 
-    def score_one(self, x: Observation) -> float:
-        read_observation(x)  # refuse bad input even while warming up
-        if not self.warmed_up:
-            return 0.0
-        return self._next_statistic(x) / self.limit
-
-    def learn_one(self, x: Observation) -> None:
-        count, exposure = read_observation(x)
-        if self.warmed_up:
-            self.statistic = self._next_statistic(x)
-        # Keep the baseline clean: buckets that push the chart up are not taught as normal.
-        if self.statistic < self.learn_below * self.limit:
-            self.baseline.update(count, exposure)
-
     def params(self) -> dict[str, Any]:
-        return {
-            "lam": self.lam,
-            "threshold": self.threshold,
-            "warmup_steps": self.warmup_steps,
-            "baseline_z": self.baseline_z,
-            "prior_rate": self.baseline.prior_rate,
-            "prior_exposure": self.baseline.prior_exposure,
-            "forget": self.baseline.forget,
-            "learn_below": self.learn_below,
-            "min_expected": self.min_expected,
-        }
+        return {"lam": self.lam, "threshold": self.threshold, **self.baseline_params(),
+                "min_expected": self.min_expected}  # fmt: skip

@@ -11,10 +11,10 @@ import math
 from typing import Any
 
 from models.base import Observation, read_observation
-from models.baseline import ExposureBaseline
+from models.baseline import BaselineChart
 
 
-class PoissonCusum:
+class PoissonCusum(BaselineChart):
     """Upper Poisson CUSUM against a self-learned baseline rate.
 
     >>> det = PoissonCusum(shift=3.0, threshold=5.0, warmup_steps=5)
@@ -45,20 +45,12 @@ class PoissonCusum:
             raise ValueError("threshold must be > 0")
         self.shift = shift
         self.threshold = threshold
-        self.warmup_steps = warmup_steps
-        self.baseline_z = baseline_z
-        self.learn_below = learn_below
-        self.baseline = ExposureBaseline(prior_rate, prior_exposure, forget)
+        self._init_baseline(warmup_steps, baseline_z, prior_rate, prior_exposure, forget, learn_below)
         self.statistic = 0.0
 
     @property
-    def warmed_up(self) -> bool:
-        # Warm-up counts buckets watched, not incidents: a failure mode never seen before must
-        # still be able to alarm once the cell has been watched long enough.
-        return self.baseline.steps >= self.warmup_steps
-
-    def expected(self, x: Observation) -> float:
-        return self.baseline.rate * read_observation(x)[1]
+    def alarm_line(self) -> float:
+        return self.threshold
 
     def _next_statistic(self, x: Observation) -> float:
         count, exposure = read_observation(x)
@@ -66,28 +58,5 @@ class PoissonCusum:
         llr = count * math.log(self.shift) - (self.shift - 1.0) * mu
         return max(0.0, self.statistic + llr)
 
-    def score_one(self, x: Observation) -> float:
-        read_observation(x)  # refuse bad input even while warming up
-        if not self.warmed_up:
-            return 0.0
-        return self._next_statistic(x) / self.threshold
-
-    def learn_one(self, x: Observation) -> None:
-        count, exposure = read_observation(x)
-        if self.warmed_up:
-            self.statistic = self._next_statistic(x)
-        # Keep the baseline clean: buckets that push the chart up are not taught as normal.
-        if self.statistic < self.learn_below * self.threshold:
-            self.baseline.update(count, exposure)
-
     def params(self) -> dict[str, Any]:
-        return {
-            "shift": self.shift,
-            "threshold": self.threshold,
-            "warmup_steps": self.warmup_steps,
-            "baseline_z": self.baseline_z,
-            "prior_rate": self.baseline.prior_rate,
-            "prior_exposure": self.baseline.prior_exposure,
-            "forget": self.baseline.forget,
-            "learn_below": self.learn_below,
-        }
+        return {"shift": self.shift, "threshold": self.threshold, **self.baseline_params()}

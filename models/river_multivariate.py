@@ -20,7 +20,7 @@ import numpy as np
 from river.covariance import EmpiricalCovariance
 
 from models.base import Observation, read_observation
-from models.baseline import ExposureBaseline
+from models.baseline import BaselineDetector
 
 RATE = ("now", "ewma", "window")  # scored, one-sided
 GROWTH = "growth"  # conditioned on
@@ -38,7 +38,7 @@ def deviance_residual(count: float, mu: float) -> float:
     return math.copysign(math.sqrt(max(dev, 0.0)), count - mu)
 
 
-class RiverMultivariate:
+class RiverMultivariate(BaselineDetector):
     """Upward Mahalanobis distance of the rate features, normalised so 1.0 is the alarm line.
 
     >>> det = RiverMultivariate(warmup_steps=10)
@@ -72,10 +72,9 @@ class RiverMultivariate:
             raise ValueError(
                 "need threshold > 0, window >= 1, 0 < ewma_alpha <= 1, prior_weight > 0, growth_scale > 0"
             )
-        self.threshold, self.warmup_steps, self.window = threshold, warmup_steps, window
+        self.threshold, self.window = threshold, window
         self.ewma_alpha, self.prior_weight, self.growth_scale = ewma_alpha, prior_weight, growth_scale
-        self.baseline_z, self.learn_below = baseline_z, learn_below
-        self.baseline = ExposureBaseline(prior_rate, prior_exposure, forget)
+        self._init_baseline(warmup_steps, baseline_z, prior_rate, prior_exposure, forget, learn_below)
         self.ewma = 0.0
         self.recent: deque[tuple[float, float]] = deque(maxlen=window - 1)  # the buckets before this one
         self.last_exposure: float | None = None
@@ -87,9 +86,6 @@ class RiverMultivariate:
         c = (1 - (1 - a) ** window) * r
         self.null = np.array([[1.0, a, r], [a, a / (2 - a), c], [r, c, 1.0]])
         self._refresh()
-
-    def expected(self, x: Observation) -> float:
-        return self.baseline.rate * read_observation(x)[1]
 
     def _features(self, x: Observation) -> dict[str, float]:
         count, exposure = read_observation(x)
@@ -134,14 +130,14 @@ class RiverMultivariate:
 
     def score_one(self, x: Observation) -> float:
         f = self._features(x)  # refuses bad input even while warming up
-        if self.baseline.steps < self.warmup_steps:
+        if not self.warmed_up:
             return 0.0
         return self._distance(f) / self.threshold
 
     def learn_one(self, x: Observation) -> None:
         count, exposure = read_observation(x)
         f = self._features(x)
-        warm = self.baseline.steps >= self.warmup_steps
+        warm = self.warmed_up
         quiet = not warm or self._distance(f) < self.learn_below * self.threshold
         # History features follow every bucket, so a sustained defect keeps them high ...
         self.ewma, self.last_exposure = f["ewma"], exposure
@@ -154,6 +150,5 @@ class RiverMultivariate:
             self.baseline.update(count, exposure)
 
     def params(self) -> dict[str, Any]:
-        own = "threshold warmup_steps window ewma_alpha prior_weight growth_scale baseline_z learn_below"
-        prior = {k: getattr(self.baseline, k) for k in ("prior_rate", "prior_exposure", "forget")}
-        return {k: getattr(self, k) for k in own.split()} | prior
+        own = "threshold window ewma_alpha prior_weight growth_scale"
+        return {k: getattr(self, k) for k in own.split()} | self.baseline_params()

@@ -13,10 +13,10 @@ from typing import Any
 from river.drift import PageHinkley
 
 from models.base import Observation, read_observation
-from models.baseline import ExposureBaseline
+from models.baseline import BaselineDetector
 
 
-class RiverPageHinkley:
+class RiverPageHinkley(BaselineDetector):
     """Upward Page-Hinkley on Pearson residuals, normalised so 1.0 is the alarm line.
 
     >>> det = RiverPageHinkley(threshold=8.0, min_instances=5, warmup_steps=10)
@@ -47,17 +47,11 @@ class RiverPageHinkley:
         self.delta = delta
         self.alpha = alpha
         self.min_instances = min_instances
-        self.warmup_steps = warmup_steps
-        self.baseline_z = baseline_z
-        self.learn_below = learn_below
-        self.baseline = ExposureBaseline(prior_rate, prior_exposure, forget)
+        self._init_baseline(warmup_steps, baseline_z, prior_rate, prior_exposure, forget, learn_below)
         self.page_hinkley = PageHinkley(
             min_instances=min_instances, delta=delta, threshold=threshold, alpha=alpha, mode="up"
         )
         self.last_score = 0.0
-
-    def expected(self, x: Observation) -> float:
-        return self.baseline.rate * read_observation(x)[1]
 
     def _residual(self, x: Observation) -> float:
         count, exposure = read_observation(x)
@@ -72,7 +66,7 @@ class RiverPageHinkley:
 
     def score_one(self, x: Observation) -> float:
         read_observation(x)  # refuse bad input even while warming up
-        if self.baseline.steps < self.warmup_steps:
+        if not self.warmed_up:
             return 0.0
         return self._peek(self._residual(x)) / self.threshold
 
@@ -98,7 +92,7 @@ class RiverPageHinkley:
 
     def learn_one(self, x: Observation) -> None:
         count, exposure = read_observation(x)
-        if self.baseline.steps >= self.warmup_steps:
+        if self.warmed_up:
             self.page_hinkley.update(self._residual(x))  # type: ignore[no-untyped-call]
             self.last_score = self._statistic(self.page_hinkley) / self.threshold
         if self.last_score < self.learn_below:
@@ -110,10 +104,5 @@ class RiverPageHinkley:
             "delta": self.delta,
             "alpha": self.alpha,
             "min_instances": self.min_instances,
-            "warmup_steps": self.warmup_steps,
-            "baseline_z": self.baseline_z,
-            "prior_rate": self.baseline.prior_rate,
-            "prior_exposure": self.baseline.prior_exposure,
-            "forget": self.baseline.forget,
-            "learn_below": self.learn_below,
+            **self.baseline_params(),
         }
