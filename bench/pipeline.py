@@ -54,6 +54,7 @@ def role_bare(broker: str, topic: str, n: int, serializer: str) -> dict:
         f"bare-{serializer}-{os.getpid()}",
         broker=broker,
         store="memory://",
+        datadir=tempfile.mkdtemp(prefix="rw-bench-bare-"),  # not "<app id>-data" in the caller's cwd
         web_enabled=False,
         broker_rebalance_timeout=5,
         broker_session_timeout=6,

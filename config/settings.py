@@ -124,6 +124,14 @@ class RankingSettings(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
 
 
+class PeerSettings(BaseModel):
+    # A backtest config (engine = "peers"): its detector, parameters and windows run live on the
+    # worker's leader. Empty: no peer scan.
+    config_file: str = str(Path(__file__).with_name("backtest.toml"))
+    interval_s: float = Field(30.0, gt=0)
+    cooldown_days: float = Field(90.0, gt=0)
+
+
 class SimulatorSettings(BaseModel):
     seed: int = 7
     speed: float = Field(1.0, gt=0)
@@ -141,6 +149,7 @@ class Settings(BaseSettings):
     cases: CaseSettings = CaseSettings()
     detection: DetectionSettings = DetectionSettings()
     ranking: RankingSettings = RankingSettings()
+    peers: PeerSettings = PeerSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     log_level: str = "INFO"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
@@ -149,6 +150,10 @@ class BacktestConfig:
 
     def with_params(self, **params: Any) -> BacktestConfig:
         return dataclasses.replace(self, params=tuple(sorted({**dict(self.params), **params}.items())))
+
+    def digest(self) -> str:
+        """A short hash of everything that changes the alarms: the config version of peer alerts."""
+        return hashlib.sha256(self.to_toml().encode()).hexdigest()[:12]
 
     def load_ranker(self) -> AlarmRanker | None:
         return AlarmRanker.load(Path(self.ranker_file)) if self.ranker_file else None

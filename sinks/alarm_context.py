@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.peer_scan import KeyCounts
 from sinks.clickhouse import ClickHouseStore
 
 DAY = 86_400
@@ -42,6 +43,27 @@ FROM (
 """
 
 
+_KEYS_SQL = """
+SELECT model, batch, failure_mode,  -- "n_" names: an alias must not shadow the flag columns
+    uniqExactIf(event_id, hist) AS n_history,
+    uniqExactIf(event_id, recent) AS n_recent,
+    uniqExactIf(event_id, previous) AS n_previous,
+    uniqExactIf(event_id, recent AND crash = 1) AS n_crash,
+    uniqExactIf(event_id, recent AND fire = 1) AS n_fire,
+    uniqExactIf(event_id, recent AND injury = 1) AS n_injury,
+    toUInt32(min(occurred_at)) AS first_seen
+FROM (
+    SELECT event_id, model, batch, failure_mode, crash, fire, injury, occurred_at,
+        toUInt32(occurred_at) > {recent_from} AS recent,
+        toUInt32(occurred_at) > {previous_from} AND toUInt32(occurred_at) <= {recent_from} AS previous,
+        toUInt32(occurred_at) > {history_from} AS hist
+    FROM events
+    WHERE kind IN ('complaint', 'repair', 'return') AND toUInt32(occurred_at) <= {at}
+)
+GROUP BY model, batch, failure_mode
+"""
+
+
 class AlarmContext:
     """Reads an alert's ranking observation; ``window_days`` and ``history_days`` are the ranker's."""
 
@@ -64,6 +86,28 @@ class AlarmContext:
         # minIf over no row gives the epoch: the cell has had no incident at all.
         x["cell_age_days"] = max(0.0, (end - first_seen) / DAY) if first_seen > 0 else 0.0
         return x
+
+    def latest_event_time(self) -> int:
+        """The newest incident's event time: a scan's "now", so replays and simulations scan at
+        their own pace rather than the wall clock's."""
+        rows = self.store.query(
+            "SELECT toUInt32(max(occurred_at)) AS at FROM events"
+            " WHERE kind IN ('complaint', 'repair', 'return')"
+        )
+        return int(rows[0]["at"] or 0) if rows else 0
+
+    def key_counts(self, at: float) -> list[KeyCounts]:
+        """Every (model, batch, failure mode)'s counts as of ``at``, in one grouped query."""
+        end = int(at)
+        params = {"at": end, "recent_from": end - self.window_s, "previous_from": end - 2 * self.window_s,
+                  "history_from": end - self.history_s}  # fmt: skip
+        return [_key_counts(r) for r in self.store.query(_KEYS_SQL, params)]
+
+
+def _key_counts(r: dict[str, Any]) -> KeyCounts:
+    key = (str(r["model"]), str(r["batch"]), str(r["failure_mode"]))
+    numbers = [int(r[f"n_{k}"]) for k in ("recent", "previous", "history", "crash", "fire", "injury")]
+    return KeyCounts(*key, *numbers, first_seen=float(r["first_seen"]))
 
 
 _COUNTS = (

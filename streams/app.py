@@ -39,6 +39,7 @@ from sinks.registry_store import RegistryStore
 from streams.alert_ranking import AlertRanking
 from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
+from streams.peer_agent import add_peer_scan
 from streams.processing import (
     EVENT_SCHEMA,
     RATE_SCHEMA,
@@ -430,6 +431,7 @@ def create_app(
     deps = CaseAgentDeps(
         desk, notifier, insert, retry, clock, stats, reject, ranking.rank if ranking else None
     )
+    add_peer_scan(app, settings, store, desk, alerts_topic, retry, clock)
     add_case_agents(
         app, alerts_topic, case_events_topic, deps, settings.cases.escalate_after_s,
         settings.cases.escalation_check_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from core.peer_scan import peer_observations
 from core.peers import CRASH, DAY, FIRE, INJURY, PeerWindows
 from sinks.alarm_context import AlarmContext
 from sinks.clickhouse import ClickHouseStore
@@ -68,3 +69,20 @@ def test_context_matches_the_backtest_observation(store: ClickHouseStore) -> Non
 def test_context_of_a_cell_without_events(store: ClickHouseStore) -> None:
     x = AlarmContext(store, 90, 3650).observation("none", "none", "brakes", T0)
     assert x["count"] == 0 and x["exposure"] == 0 and x["cell_age_days"] == 0.0
+
+
+def test_the_scan_observations_match_the_backtest_observation(store: ClickHouseStore) -> None:
+    history = _history()
+    _insert(store, history)
+    context = AlarmContext(store, window_days=60, history_days=300)
+    assert context.latest_event_time() == history[-1][0]  # shipments are not incidents
+    windows = PeerWindows(60 * DAY, 300 * DAY)
+    checked = 0
+    for i, (t, key, severity) in enumerate(history):
+        expected = windows.observe(t, *key, severity)
+        if i % 53 or (i + 1 < len(history) and history[i + 1][0] == t):
+            continue
+        scanned = peer_observations(context.key_counts(t), t)
+        assert scanned[key] == expected, (i, scanned[key], expected)
+        checked += 1
+    assert checked >= 5
