@@ -11,7 +11,10 @@
 4. The API's resident memory is read from /proc after the load (``api_rss_mb``) with its peak
    (``api_peak_rss_mb``).
 
-    python bench/registry.py [--units 10000000] [--lookups 2000] [--scopes 200]
+    python bench/registry.py [--units 10000000] [--lookups 2000] [--scopes 200] [--keep DIR [--reuse]]
+
+``--reuse`` skips the import and queries the database an earlier ``--keep DIR`` run left, whose
+parts that run's API has (mostly) merged: the steady state, as against the minute after an import.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--scopes", type=int, default=200)
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: query the database a previous run left there (no import; merges done)",
+    )
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="rw-bench-registry-"))
@@ -70,14 +78,19 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RW_")}
     env.update(RW_CLICKHOUSE__DATA_DIR=str(work / "clickhouse"), RW_LOG_LEVEL="WARNING")
     cli = [sys.executable, "-m", "recallwatch.cli"]
-    t = time.perf_counter()
-    out = subprocess.run(
-        [*cli, "registry", "import", str(data), "--json", "--quiet"],
-        env=env, cwd=work, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    import_wall_s = time.perf_counter() - t
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["loaded"] == args.units, report
+    if args.reuse:
+        if args.keep is None or not (work / "clickhouse").is_dir():
+            raise SystemExit("--reuse needs --keep DIR with a database from an earlier run")
+        report, import_wall_s = {"seconds": None}, None
+    else:
+        t = time.perf_counter()
+        out = subprocess.run(
+            [*cli, "registry", "import", str(data), "--json", "--quiet"],
+            env=env, cwd=work, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        import_wall_s = time.perf_counter() - t
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["loaded"] == args.units, report
 
     port = free_port()
     env.update(
@@ -129,9 +142,10 @@ def main() -> None:
         json.dumps(
             {
                 "units": args.units,
-                "import_units_per_s": round(args.units / report["seconds"]),
-                "import_wall_units_per_s": round(args.units / import_wall_s),
+                "import_units_per_s": round(args.units / report["seconds"]) if report["seconds"] else None,
+                "import_wall_units_per_s": round(args.units / import_wall_s) if import_wall_s else None,
                 "import_s": report["seconds"],
+                "reused": args.reuse,
                 "lookup_p50_ms": round(statistics.median(lookup_ms), 2),
                 "lookup_p99_ms": round(percentile(lookup_ms, 0.99), 2),
                 "scope_p50_ms": round(statistics.median(scope_ms), 2),

@@ -190,6 +190,11 @@ _CHDB_SETTINGS = {
     # (a 1 M-unit import batch made a 280 k and a 720 k part); reading and checking the next batch
     # already keeps the second core busy.
     "max_insert_threads": "1",
+    # Cut insert blocks by rows only (1,048,449): by bytes (256 MiB) a 1 M-unit import batch of ~300
+    # bytes a unit still made two parts, so a 10 M import left 20 parts for FINAL reads to combine
+    # and merges to fold; now it leaves 10. A block is still at most 1,048,449 rows, and only a
+    # registry import batch (1,000,000 rows) comes near that.
+    "min_insert_block_size_bytes": "0",
 }
 # Server settings, given at start-up (chdb passes a data dir's ``?k=v`` on as its command line).
 # Background merges share the machine with queries and imports: at nice 19 they use idle CPU only, so

@@ -167,14 +167,18 @@ class RegistryStore:
         """A unit's own complaint/repair/return events, oldest first, read by the events' primary key.
 
         (As a subquery of ``unit`` it cost more, not less: the subquery must look the unit up again,
-        and a point lookup in ``units`` is the expensive part, 3.8 ms against 1.3 ms for this.)
+        and a point lookup in ``units`` is the expensive part, 3.8 ms against 1.3 ms for this. Joined
+        into one statement, by scalar subquery or UNION ALL, the two cost 5-6.5 ms against 5.1 ms.)
+        A unit has a handful of events, so they are sorted here: an ORDER BY costs the engine 0.2 ms.
+        (Python orders str by code point, which is ClickHouse's byte order for UTF-8.)
         """
-        return self.store.query(
+        rows = self.store.query(
             "SELECT event_id, kind, occurred_at, failure_mode, component, crash, fire, injury"
-            " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}"
-            " ORDER BY occurred_at, event_id",
+            " FROM events FINAL WHERE model = {m} AND batch = {b} AND serial = {s}",
             {"m": model, "b": batch, "s": serial},
         )
+        rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]))
+        return rows
 
     def resolve(self, scope: Scope, *, max_ranges: int = 1000) -> dict[str, Any]:
         """Size, serial ranges, breakdowns and reachable customers of a scope.
@@ -193,7 +197,9 @@ class RegistryStore:
             params,
         )
         try:
-            # One statement, four small answers. (The 18.16 server's sumMap takes numeric keys only.)
+            # One statement, five answers: its branches run side by side (two cores save ~4 ms of
+            # ~15), and one round trip is one query's fixed cost. (The 18.16 server's sumMap takes
+            # numeric keys only.)
             parts = [
                 f"SELECT '{dim}' AS dim, groupArray(k) AS keys, groupArray(n) AS counts FROM"
                 f" (SELECT {dim} AS k, count() AS n FROM {picked} GROUP BY k)"
@@ -203,12 +209,17 @@ class RegistryStore:
                 "SELECT 'total' AS dim, ['units', 'reachable'] AS keys,"
                 f" [count(), sum(toUInt64(reachable))] AS counts FROM {picked}"
             )
-            answer = {
-                r["dim"]: _counts(r["keys"], r["counts"]) for r in self.store.query(" UNION ALL ".join(parts))
-            }
-            ranges = self._ranges(picked, limit=max_ranges + 1)
+            parts.append(_ranges_sql(picked))
+            answer: dict[str, dict[str, int]] = {}
+            runs: list[tuple[str, int, int, int]] = []
+            for r in self.store.query(" UNION ALL ".join(parts), {"limit": max_ranges + 1}):
+                if r["dim"] == "ranges":  # keys [prefix, width], counts [first, last]
+                    runs.append((r["keys"][0], int(r["keys"][1]), int(r["counts"][0]), int(r["counts"][1])))
+                else:
+                    answer[r["dim"]] = _counts(r["keys"], r["counts"])
         finally:
             self.store.query(f"DROP TABLE IF EXISTS {picked}")
+        ranges = _serial_ranges(runs)
         return {
             "units": answer["total"]["units"],
             "reachable_customers": answer["total"]["reachable"],
@@ -218,26 +229,6 @@ class RegistryStore:
             "by_channel": answer["channel"],
             "by_store": answer["store"],
         }
-
-    def _ranges(self, picked: str, *, limit: int) -> list[SerialRange]:
-        # Sorted sequence numbers minus their rank are constant along a run of consecutive serials.
-        rows = self.store.query(
-            "SELECT p, w, min(q) AS first, max(q) AS last FROM ("
-            " SELECT p, w, q, k FROM ("
-            "  SELECT p, w, arraySort(groupUniqArray(q)) AS s,"
-            "   arrayMap((x, i) -> toInt64(x) - i, s, arrayEnumerate(s)) AS ks"
-            f"  FROM {picked} GROUP BY p, w"
-            " ) ARRAY JOIN s AS q, ks AS k"
-            ") GROUP BY p, w, k ORDER BY w = 0, p, w, first LIMIT {limit}",
-            {"limit": limit},
-        )
-        out = []
-        for r in rows:
-            if r["w"] == 0:  # opaque: listed one by one under its full serial
-                out.append(SerialRange("", r["p"], r["p"], 1))
-            else:
-                out.append(range_of(r["p"], int(r["w"]), int(r["first"]), int(r["last"])))
-        return out
 
     def iter_units(
         self, scope: Scope, *, contacts: bool, page: int = 50_000
@@ -286,6 +277,38 @@ def _merged(col: str, present: set[str]) -> str:
 
 def _counts(keys: list[Any], values: list[Any]) -> dict[str, int]:
     return {str(k): int(v) for k, v in sorted(zip(keys, values, strict=True), key=lambda kv: -int(kv[1]))}
+
+
+def _ranges_sql(picked: str) -> str:
+    """Runs of consecutive serials in a scope table, at most ``{limit}``, as breakdown-shaped rows.
+
+    Per (prefix, width), the sorted sequence numbers: a run starts where the step from the one before
+    is not 1 and ends where the step to the next is not 1. (FINAL made the serials unique, so no
+    groupUniqArray; array filters instead of a second GROUP BY over every unit: 7 ms instead of 11 ms
+    for 100,000 units.)
+    """
+    return (
+        "SELECT 'ranges' AS dim, [p, toString(w)] AS keys, [first, last] AS counts FROM ("
+        " SELECT p, w, first, last FROM ("
+        "  SELECT p, w, arraySort(groupArray(q)) AS s, arrayDifference(s) AS d,"
+        "   arrayFilter((x, e) -> e != 1, s, d) AS firsts,"
+        "   arrayFilter((x, e) -> e != 1, s, arrayPushBack(arrayPopFront(d), 0)) AS lasts"
+        f"  FROM {picked} GROUP BY p, w"
+        " ) ARRAY JOIN firsts AS first, lasts AS last ORDER BY w = 0, p, w, first LIMIT {limit}"
+        ")"
+    )
+
+
+def _serial_ranges(runs: list[tuple[str, int, int, int]]) -> list[SerialRange]:
+    """(prefix, width, first, last) runs as ranges, numeric ones first, in the SQL's order (Python
+    orders str by code point, which is ClickHouse's byte order for UTF-8)."""
+    out = []
+    for prefix, width, first, last in sorted(runs, key=lambda r: (r[1] == 0, r[0], r[1], r[2])):
+        if width == 0:  # opaque: listed one by one under its full serial
+            out.append(SerialRange("", prefix, prefix, 1))
+        else:
+            out.append(range_of(prefix, width, first, last))
+    return out
 
 
 def scope_sql(scope: Scope) -> tuple[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,19 @@ def test_import_merge_rejects_and_reimport(registry: RegistryStore, tmp_path: Pa
     assert (unit["model"], unit["batch"], unit["plant"]) == ("A", "A1", "P1")
     assert unit["lot_ids"] == ["BAT-1", "M-1"]
     assert (unit["customer_email"], unit["contact_consent"]) == ("ann@example.com", 1)
+
+
+def test_resolved_ranges_are_those_of_compress_serials(registry: RegistryStore, tmp_path: Path) -> None:
+    """Runs found in SQL match the Python reference on gaps, lone units, widths and opaque serials."""
+    rng = random.Random(7)
+    serials = [f"K-{i:05d}" for i in range(1, 400) if rng.random() < 0.7]
+    serials += [f"K-{i}" for i in range(5, 30) if rng.random() < 0.5]  # other width: other runs
+    serials += [f"Q{i:03d}" for i in (1, 3, 4, 5, 9)] + ["OPAQUE-X", "OPAQUE-A"]
+    rows = [[s, "R", "R1", "L1", "P1", "2024-01-01", ""] for s in serials]
+    import_files([write_csv(tmp_path / "r.csv", MES_COLUMNS, rows)], registry, now=NOW, progress=False)
+    got = registry.resolve(Scope(models=["R"]), max_ranges=100_000)
+    assert got["units"] == len(serials)
+    assert got["ranges"] == [r.as_dict() for r in compress_serials(serials)]
 
 
 def test_resolve_ranges_breakdowns_and_lots(registry: RegistryStore, tmp_path: Path) -> None:
@@ -173,6 +187,14 @@ def test_lookup_carries_the_units_own_history_and_the_index_sees_new_alerts(
     registry.store.insert("events", [event, {**event, "event_id": "e2", "serial": "A-000002"}])
     history = registry.history("A", "A1", "A-000001")
     assert [(e["event_id"], e["kind"], e["fire"]) for e in history] == [("e1", "complaint", 1)]
+    # Oldest first, ties by event id, whatever order they were written in.
+    registry.store.insert(
+        "events",
+        [{**event, "event_id": "e9", "occurred_at": NOW - 60}, {**event, "event_id": "e0"},
+         {**event, "event_id": "e5", "occurred_at": NOW + 60}],
+    )  # fmt: skip
+    history = registry.history("A", "A1", "A-000001")
+    assert [e["event_id"] for e in history] == ["e9", "e0", "e1", "e5"]
 
     now = [0.0]
     index = ConcernIndex(CaseStore(registry.store), max_age_s=2.0, clock=lambda: now[0])
