@@ -1,4 +1,4 @@
-"""Faust's Kafka consumer with two corrections, made through small subclasses.
+"""Faust's Kafka consumer and flow control with four corrections, made through small subclasses.
 
 1. The fetch long-poll wait. Faust's aiokafka driver always asks brokers to hold a fetch up to
    1.5 s. A broker should answer as soon as data arrives, but Tansu 0.6 does not when a fetch
@@ -12,8 +12,21 @@
    again, and Faust's check for an unacked head skips a committed offset of None or 0, so it can
    commit over them. Seeking such partitions to the beginning, which is what
    ``auto_offset_reset="earliest"`` means anyway, rereads them; the cells skip what they applied.
-   (This closes one gap; a rare loss of one event after a same-worker revoke-and-reassign is still
-   seen in the kill -9 test and not yet explained; see the test.)
+
+3. Resuming flow that is already flowing. After a rebalance Faust's recovery resumes flow once to
+   read the changelogs, then resumes the stream partitions, seeks them, and calls
+   ``app.flow_control.resume()`` again; mode's ``FlowControlEvent.resume`` clears every agent
+   queue each time. By that second call the fetcher is already delivering the new generation's
+   events, and ``Consumer._drain_messages`` has moved its read offset past them, so the queued
+   ones are wiped and never read again (the kill -9 test lost 1-3 events in about one run of a
+   dozen, each queued at that instant). Here a resume while flow is not suspended does nothing.
+
+4. Committing over an unacked head. Faust's ``Consumer._new_offset`` refuses to commit over an
+   unacked head only when ``min(acked) - committed > 1``, but the committed offset is the *next*
+   offset to read, so with committed=C and C unacked it still commits past C (measured once: the
+   event at C was wiped by 3 and the commit then went over it for good). Here it refuses whenever
+   ``min(acked) > committed``: a missing head holds the commit back until it is acked or the
+   partition is read again from C after a rebalance; the event is never skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +35,9 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -34,6 +50,40 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def seek_to_committed(self) -> Any:
         return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer())
+
+
+class ResumeOnceFlowControl(FlowControlEvent):
+    """``app.flow_control`` whose ``resume`` clears the agent queues only when flow was suspended.
+
+    mode's ``FlowControlEvent.resume`` always clears the queues. Faust resumes twice after a
+    rebalance (``Recovery._restart_recovery`` to read changelogs, then ``_resume_streams`` or
+    ``on_recovery_completed`` after resuming the stream partitions and seeking them); between
+    the two the fetcher already puts new events in the queues and ``_drain_messages`` records
+    their offsets as read, so the second clear loses them: re-fetched copies are dropped as
+    already read. Events that reach a queue while flow is suspended are cleared by the first
+    resume as before (and ``on_partitions_revoked`` clears the queues itself).
+    """
+
+    def resume(self) -> None:
+        if self.is_active():
+            return
+        super().resume()
+
+
+def new_offset_keeping_unacked_head(consumer: Any, tp: TP) -> int | None:
+    """``Consumer._new_offset``, but never past an unacked message at the committed offset.
+
+    Faust returns ``None`` (no commit) only when ``min(acked) - committed > 1``; the committed
+    offset is the next one to read, so with committed=C and acks from C+1 on it committed over C,
+    losing C for good if it had not been processed. Acks come in offset order here, so a missing
+    head only means C has not been processed yet: wait for it.
+    """
+    acked = consumer._acked[tp]
+    committed = consumer._committed_offset[tp]
+    if acked and committed is not None and min(acked) > committed:
+        return None
+    offset: int | None = faust_aiokafka.Consumer._new_offset(consumer, tp)
+    return offset
 
 
 async def seek_to_committed_or_beginning(consumer: Any) -> Any:
@@ -57,6 +107,9 @@ def app_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust.App]:
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        def _new_offset(self, tp: TP) -> int | None:
+            return new_offset_keeping_unacked_head(self, tp)
+
     class Transport(faust_aiokafka.Transport):
         Consumer = TunedConsumer
 
@@ -66,5 +119,9 @@ def app_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust.App]:
 
         def _new_transport(self) -> Any:
             return Transport(self.conf.broker_consumer, self)
+
+        @cached_property
+        def flow_control(self) -> FlowControlEvent:
+            return ResumeOnceFlowControl(loop=self.loop)
 
     return App

@@ -48,3 +48,80 @@ def test_partitions_without_a_commit_are_rewound_to_the_beginning():
     offsets = asyncio.run(seek_to_committed_or_beginning(consumer))
     assert offsets["committed"] == 42
     assert set(consumer.rewound) == {"never-committed", "committed-zero"}
+
+
+class ConsumerOffsets:
+    """The state Faust's ``Consumer._new_offset`` reads, for one partition."""
+
+    def __init__(self, committed: int | None, acked: list[int]) -> None:
+        from collections import defaultdict
+
+        from intervaltree import IntervalTree
+
+        self._committed_offset: dict[str, int | None] = defaultdict(lambda: None, {"tp": committed})
+        self._acked: dict[str, list[int]] = defaultdict(list, {"tp": list(acked)})
+        self._acked_index: dict[str, set[int]] = defaultdict(set, {"tp": set(acked)})
+        self._gap: dict[str, IntervalTree] = defaultdict(IntervalTree)
+
+
+def test_a_commit_never_passes_an_unacked_message_at_the_committed_offset():
+    from streams.faust_tuning import new_offset_keeping_unacked_head
+
+    # Committed 4196 is the next offset to read; 4196 itself never reached the agent.
+    state = ConsumerOffsets(committed=4196, acked=[4197, 4198, 4199])
+    assert faust_aiokafka.Consumer._new_offset(ConsumerOffsets(4196, [4197, 4198, 4199]), "tp") == 4200
+    assert new_offset_keeping_unacked_head(state, "tp") is None
+    assert state._acked["tp"] == [4197, 4198, 4199]  # kept for when 4196 is acked
+    state._acked["tp"].append(4196)
+    state._acked_index["tp"].add(4196)
+    assert new_offset_keeping_unacked_head(state, "tp") == 4200
+
+
+def test_commits_without_a_missing_head_are_unchanged():
+    from streams.faust_tuning import new_offset_keeping_unacked_head
+
+    cases = [(10, [10, 11, 12]), (10, [10, 11, 13]), (None, [5, 6]), (None, []), (0, [0, 1])]
+    for committed, acked in cases:
+        expected = faust_aiokafka.Consumer._new_offset(ConsumerOffsets(committed, acked), "tp")
+        assert new_offset_keeping_unacked_head(ConsumerOffsets(committed, acked), "tp") == expected
+    assert new_offset_keeping_unacked_head(ConsumerOffsets(0, [1, 2]), "tp") is None
+
+
+def test_resuming_flow_that_already_flows_keeps_the_queued_events():
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from streams.faust_tuning import ResumeOnceFlowControl
+
+    def queued_after_second_resume(flow_control: FlowControlEvent) -> int:
+        queue: FlowControlQueue[str] = FlowControlQueue(flow_control=flow_control, clear_on_resume=True)
+        flow_control.resume()  # recovery resumes to read the changelogs
+        queue.put_nowait("event fetched after the stream partitions were resumed")
+        flow_control.resume()  # _resume_streams / on_recovery_completed resume again
+        return queue.qsize()
+
+    assert queued_after_second_resume(FlowControlEvent()) == 0  # mode's own: the event is gone
+    assert queued_after_second_resume(ResumeOnceFlowControl()) == 1
+
+
+def test_resuming_suspended_flow_still_clears_what_was_queued():
+    from mode.utils.queues import FlowControlQueue
+
+    from streams.faust_tuning import ResumeOnceFlowControl
+
+    flow_control = ResumeOnceFlowControl()
+    queue: FlowControlQueue[str] = FlowControlQueue(flow_control=flow_control, clear_on_resume=True)
+    flow_control.resume()
+    flow_control.suspend()
+    queue.put_nowait("stale event from before the rebalance")
+    flow_control.resume()
+    assert queue.qsize() == 0 and flow_control.is_active()
+
+
+def test_the_worker_app_uses_the_corrected_flow_control_and_commit():
+    from streams.faust_tuning import ResumeOnceFlowControl
+
+    app_class = app_with_fetch_wait(100)
+    app = app_class("flow-control-test", broker="kafka://127.0.0.1:1")
+    assert isinstance(app.flow_control, ResumeOnceFlowControl)
+    assert app.flow_control is app.flow_control
+    assert app_class.transport_class.Consumer._new_offset is not faust_aiokafka.Consumer._new_offset
