@@ -87,15 +87,20 @@ class Rejection:
     payload: bytes
 
 
-def decode_event(payload: bytes | None) -> Event | Rejection:
-    """Parse and validate one message value; never raises on bad data."""
+def _parse(payload: bytes | None) -> Any:
+    """The JSON value of a message, or the Rejection that says why there is none."""
     if not payload:
         return Rejection("empty message", b"")
     try:
-        data = orjson.loads(payload)
+        return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return Rejection(f"not JSON: {exc}", payload)
-    return _validate(data, payload)
+
+
+def decode_event(payload: bytes | None) -> Event | Rejection:
+    """Parse and validate one message value; never raises on bad data."""
+    data = _parse(payload)
+    return data if isinstance(data, Rejection) else _validate(data, payload or b"")
 
 
 def _validate(data: Any, payload: bytes) -> Event | Rejection:
@@ -147,17 +152,14 @@ class EventFields(NamedTuple):
 
 def decode_fields(payload: bytes | None) -> EventFields | Rejection:
     """:func:`decode_event`, giving the event's :class:`EventFields`: same verdicts, same reasons."""
-    if not payload:
-        return Rejection("empty message", b"")
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return Rejection(f"not JSON: {exc}", payload)
+    data = _parse(payload)
+    if isinstance(data, Rejection):
+        return data
     if type(data) is dict:
         fields = _canonical_fields(data)
         if fields is not None:
             return fields
-    checked = _validate(data, payload)
+    checked = _validate(data, payload or b"")
     return checked if isinstance(checked, Rejection) else EventFields.of(checked)
 
 
