@@ -125,3 +125,96 @@ def test_the_worker_app_uses_the_corrected_flow_control_and_commit():
     assert isinstance(app.flow_control, ResumeOnceFlowControl)
     assert app.flow_control is app.flow_control
     assert app_class.transport_class.Consumer._new_offset is not faust_aiokafka.Consumer._new_offset
+
+
+class DrainState:
+    """The state Faust's ``Consumer._drain_messages`` reads, fed one fetched batch."""
+
+    def __init__(self, offsets: list[int], read_offset: int | None, acking: bool = True) -> None:
+        import asyncio
+        from collections import defaultdict
+        from types import SimpleNamespace
+
+        from intervaltree import IntervalTree
+
+        self.tp = "tp"
+        self.offsets = offsets
+        self.handed_on: list[int] = []
+        self._stopped = asyncio.Event()
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        self._read_offset: dict[str, int | None] = defaultdict(lambda: None, {self.tp: read_offset})
+        self._committed_offset: dict[str, int | None] = defaultdict(lambda: None)
+        self._gap: dict[str, IntervalTree] = defaultdict(IntervalTree)
+        self._commit_every = None
+        self._n_acked = 0
+        self.should_stop = False
+        self.suspend_flow = asyncio.Event()
+        self.consumer_stopped_errors = ()
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: acking))
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+        self.log = SimpleNamespace(dev=lambda *a, **k: None, info=print, exception=print)
+
+    async def callback(self, message) -> None:
+        self.handed_on.append(message.offset)
+
+    async def getmany(self, timeout: float):
+        from types import SimpleNamespace
+
+        for offset in self.offsets:
+            yield self.tp, SimpleNamespace(offset=offset, topic="rw.events", key=None, value=None)
+        self.fetcher._stopped.set()
+
+    async def sleep(self, seconds: float) -> None:
+        pass
+
+    async def wait_first(self, *coros):
+        from mode.services import WaitResults
+
+        first, *others = coros
+        for other in others:
+            other.close()
+        return WaitResults([first], [await first], False)
+
+    async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
+        await faust_aiokafka.Consumer._add_gap(self, tp, offset_from, offset_to)
+
+    def gaps(self) -> list[tuple[int, int]]:
+        return sorted((i.begin, i.end - 1) for i in self._gap[self.tp])
+
+
+def drained(state: DrainState, drain) -> DrainState:
+    import asyncio
+
+    asyncio.run(drain(state, state.fetcher))
+    return state
+
+
+def test_events_read_again_after_a_seek_are_handed_on_not_dropped():
+    from streams.faust_tuning import drain_messages_redelivering
+
+    # A restarted worker: its first fetch (0..3384) was handed on while the partition was being
+    # sought to the beginning, so the read offset ended at 3384; the re-read copies then arrive.
+    faust_drain = faust_aiokafka.Consumer._drain_messages
+    assert drained(DrainState([0, 1, 2, 3385], read_offset=3384), faust_drain).handed_on == [3385]
+    state = drained(DrainState([0, 1, 2, 3385], read_offset=3384), drain_messages_redelivering)
+    assert state.handed_on == [0, 1, 2, 3385]
+    assert state._read_offset["tp"] == 3385
+
+
+def test_no_offset_gap_is_counted_as_done():
+    from streams.faust_tuning import drain_messages_redelivering
+
+    # Faust measures a gap from the read offset, which a seek sets to the committed offset (5):
+    # a message at 9 from a batch fetched before the seek marks 6..9 as done, 9 itself included,
+    # and ``_new_offset`` then commits over them.
+    faust_drain = faust_aiokafka.Consumer._drain_messages
+    assert drained(DrainState([9], read_offset=5), faust_drain).gaps() == [(6, 9)]
+    state = drained(DrainState([9, 10, 14], read_offset=5), drain_messages_redelivering)
+    assert state.handed_on == [9, 10, 14]
+    assert state.gaps() == []
+
+
+def test_the_worker_consumer_drains_without_dropping():
+    consumer_class = app_with_fetch_wait(100).transport_class.Consumer
+    assert consumer_class._drain_messages is not faust_aiokafka.Consumer._drain_messages
