@@ -13,35 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.peer_scan import KeyCounts
+from core.peer_scan import KeyCounts, peer_observations
 from sinks.clickhouse import ClickHouseStore
 
 DAY = 86_400
-
-_SQL = """
-SELECT
-    uniqExactIf(event_id, own AND failure_mode = {f} AND recent) AS count,
-    uniqExactIf(event_id, own AND recent) AS exposure,
-    uniqExactIf(event_id, own AND failure_mode = {f} AND previous) AS previous_count,
-    uniqExactIf(event_id, hist AND NOT own AND failure_mode = {f}) AS peer_count,
-    uniqExactIf(event_id, hist AND NOT own) AS peer_exposure,
-    uniqExactIf(event_id, hist AND model = {m} AND NOT own AND failure_mode = {f}) AS model_peer_count,
-    uniqExactIf(event_id, hist AND model = {m} AND NOT own) AS model_peer_exposure,
-    uniqExactIf(event_id, own AND failure_mode = {f} AND recent AND crash = 1) AS crash_count,
-    uniqExactIf(event_id, own AND failure_mode = {f} AND recent AND fire = 1) AS fire_count,
-    uniqExactIf(event_id, own AND failure_mode = {f} AND recent AND injury = 1) AS injury_count,
-    toUInt32(minIf(occurred_at, own)) AS first_seen
-FROM (
-    SELECT event_id, model, failure_mode, crash, fire, injury, occurred_at,
-        model = {m} AND batch = {b} AS own,
-        toUInt32(occurred_at) > {recent_from} AS recent,
-        toUInt32(occurred_at) > {previous_from} AND toUInt32(occurred_at) <= {recent_from} AS previous,
-        toUInt32(occurred_at) > {history_from} AS hist
-    FROM events
-    WHERE kind IN ('complaint', 'repair', 'return') AND toUInt32(occurred_at) <= {at}
-)
-"""
-
 
 _KEYS_SQL = """
 SELECT model, batch, failure_mode,  -- "n_" names: an alias must not shadow the flag columns
@@ -73,19 +48,9 @@ class AlarmContext:
         self.history_s = history_days * DAY
 
     def observation(self, model: str, batch: str, failure_mode: str, at: float) -> dict[str, float]:
-        end = int(at)
-        params: dict[str, Any] = {
-            "m": model, "b": batch, "f": failure_mode, "at": end,
-            "recent_from": end - self.window_s, "previous_from": end - 2 * self.window_s,
-            "history_from": end - self.history_s,
-        }  # fmt: skip
-        rows = self.store.query(_SQL, params)
-        row = rows[0] if rows else {}
-        x = {name: float(row.get(name) or 0) for name in _COUNTS}
-        first_seen = int(row.get("first_seen") or 0)
-        # minIf over no row gives the epoch: the cell has had no incident at all.
-        x["cell_age_days"] = max(0.0, (end - first_seen) / DAY) if first_seen > 0 else 0.0
-        return x
+        """One key's observation at ``at``: the peer scan's, so both read the same counts."""
+        found = peer_observations(self.key_counts(at), at).get((model, batch, failure_mode))
+        return found if found is not None else dict.fromkeys(_FIELDS, 0.0)
 
     def latest_event_time(self) -> int:
         """The newest incident's event time: a scan's "now", so replays and simulations scan at
@@ -110,7 +75,7 @@ def _key_counts(r: dict[str, Any]) -> KeyCounts:
     return KeyCounts(*key, *numbers, first_seen=float(r["first_seen"]))
 
 
-_COUNTS = (
+_FIELDS = (
     "count", "exposure", "previous_count", "peer_count", "peer_exposure", "model_peer_count",
-    "model_peer_exposure", "crash_count", "fire_count", "injury_count",
+    "model_peer_exposure", "crash_count", "fire_count", "injury_count", "cell_age_days",
 )  # fmt: skip
