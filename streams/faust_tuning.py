@@ -144,7 +144,7 @@ async def drain_messages_redelivering(consumer: Any, fetcher: Any) -> None:
                     if commit_every is not None and consumer._n_acked >= commit_every:
                         consumer._n_acked = 0
                         await consumer.commit()
-                    await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
+                    await hand_on(consumer, callback, message)
                     set_read_offset(tp, message.offset)  # kept for Faust's bookkeeping; never drops
                 unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:
@@ -162,6 +162,54 @@ async def drain_messages_redelivering(consumer: Any, fetcher: Any) -> None:
         raise
     finally:
         unset_flag(CONSUMER_FETCHING)
+
+
+async def hand_on(consumer: Any, callback: Any, message: Any) -> None:
+    """``await consumer.wait_first(callback(message), consumer.suspend_flow.wait())``, cheaply.
+
+    Faust races every message's callback against flow suspension, which costs four tasks and an
+    ``asyncio.wait`` per message: a quarter of the worker's event-loop time in a profile of
+    bench/pipeline.py. The race only matters when the callback suspends (a full producer buffer),
+    and almost every call finishes without suspending, so the callback's first step runs here
+    directly; if it does suspend, the rest of it races flow suspension exactly as in Faust.
+    """
+    call = callback(message)
+    try:
+        awaited = call.send(None)
+    except StopIteration:
+        return
+    await consumer.wait_first(_resumed(call, awaited), consumer.suspend_flow.wait())
+
+
+async def _resumed(call: Any, awaited: Any) -> Any:
+    return await _Resume(call, awaited)
+
+
+class _Resume:
+    """Await the rest of coroutine ``call``, whose first step already ran and yielded ``awaited``:
+    what ``yield from`` would do, handing each yielded future to the task running this."""
+
+    def __init__(self, call: Any, awaited: Any) -> None:
+        self.call, self.awaited = call, awaited
+
+    def __await__(self) -> Any:
+        call, awaited = self.call, self.awaited
+        while True:
+            try:
+                sent = yield awaited
+            except GeneratorExit:
+                call.close()
+                raise
+            except BaseException as exc:  # cancellation included: the callback sees it
+                try:
+                    awaited = call.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    awaited = call.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 def app_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust.App]:

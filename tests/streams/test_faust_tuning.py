@@ -218,3 +218,105 @@ def test_no_offset_gap_is_counted_as_done():
 def test_the_worker_consumer_drains_without_dropping():
     consumer_class = app_with_fetch_wait(100).transport_class.Consumer
     assert consumer_class._drain_messages is not faust_aiokafka.Consumer._drain_messages
+
+
+class FlowConsumer:
+    """What ``hand_on`` uses of a Faust consumer: mode's real ``wait_first`` and the flow event."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from mode import Service
+
+        self.service = Service()
+        self.suspend_flow = asyncio.Event()
+        self.races = 0
+
+    async def wait_first(self, *coros):
+        self.races += 1
+        return await self.service.wait_first(*coros)
+
+
+def run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_a_callback_that_never_suspends_runs_without_racing_flow_suspension():
+    from streams.faust_tuning import hand_on
+
+    async def scenario():
+        consumer, seen = FlowConsumer(), []
+
+        async def callback(message):
+            seen.append(message)
+
+        for message in range(3):
+            await hand_on(consumer, callback, message)
+        return consumer.races, seen
+
+    assert run(scenario()) == (0, [0, 1, 2])
+
+
+def test_a_callback_that_suspends_is_finished_as_faust_would():
+    import asyncio
+
+    from streams.faust_tuning import hand_on
+
+    async def scenario():
+        consumer, seen = FlowConsumer(), []
+        ready = asyncio.get_running_loop().create_future()
+
+        async def callback(message):
+            await asyncio.sleep(0)
+            seen.append(await ready)  # a full producer buffer, say
+            return message
+
+        asyncio.get_running_loop().call_later(0.01, ready.set_result, "ebbed")
+        await hand_on(consumer, callback, 7)
+        return consumer.races, seen
+
+    assert run(scenario()) == (1, ["ebbed"])
+
+
+def test_suspending_flow_still_abandons_a_blocked_callback():
+    import asyncio
+
+    from streams.faust_tuning import hand_on
+
+    async def scenario():
+        consumer, outcome = FlowConsumer(), []
+
+        async def callback(message):
+            try:
+                await asyncio.Event().wait()  # blocked until flow is suspended for a rebalance
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+
+        asyncio.get_running_loop().call_later(0.01, consumer.suspend_flow.set)
+        await asyncio.wait_for(hand_on(consumer, callback, 1), 5)
+        await asyncio.sleep(0.01)
+        return outcome
+
+    assert run(scenario()) == ["cancelled"]
+
+
+def test_a_failing_callback_fails_the_drain_before_or_after_suspending():
+    import asyncio
+
+    import pytest
+
+    from streams.faust_tuning import hand_on
+
+    async def at_once(message):
+        raise ValueError("first step")
+
+    async def later(message):
+        await asyncio.sleep(0)
+        raise ValueError("after a suspension")
+
+    for callback, text in ((at_once, "first step"), (later, "after a suspension")):
+        with pytest.raises(ValueError, match=text):
+            run(hand_on(FlowConsumer(), callback, 1))
