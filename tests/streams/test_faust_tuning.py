@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.faust_tuning import app_with_fetch_wait
@@ -320,3 +322,33 @@ def test_a_failing_callback_fails_the_drain_before_or_after_suspending():
     for callback, text in ((at_once, "first step"), (later, "after a suspension")):
         with pytest.raises(ValueError, match=text):
             run(hand_on(FlowConsumer(), callback, 1))
+
+
+def test_the_drain_loop_lets_the_agents_run_between_messages():
+    import asyncio
+
+    from streams.faust_tuning import drain_messages_redelivering
+
+    # Without the per-message race the loop never suspended for 100 messages at a time: the
+    # agent fell behind and the stream buffer filled. Another task must run between any two.
+    async def scenario():
+        state = DrainState(list(range(5)), read_offset=None)
+        ticks, seen = [0], []
+
+        async def ticker():
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        async def callback(message):
+            seen.append(ticks[0])
+
+        state.callback = callback
+        other = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        await drain_messages_redelivering(state, state.fetcher)
+        other.cancel()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert len(seen) == 5 and all(b > a for a, b in itertools.pairwise(seen))
