@@ -191,8 +191,7 @@ class RegistryStore:
         picked = f"scope_{uuid.uuid4().hex[:12]}"
         self.store.query(
             f"CREATE TABLE {picked} ENGINE = Memory AS SELECT serial_prefix AS p, serial_width AS w,"
-            " serial_seq AS q, region, channel, store,"
-            " toUInt8(contact_consent = 1 AND (customer_phone != '' OR customer_email != '')) AS reachable"
+            " serial_seq AS q, region, channel, store, reachable"
             f" FROM units FINAL WHERE {where}",
             params,
         )

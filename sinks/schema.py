@@ -34,6 +34,20 @@ class SpeedOnly(str):
     feature (the 18.16 server has no skipping indices) skips it: results are the same either way."""
 
 
+class AddColumn(str):
+    """``ALTER TABLE <table> ADD COLUMN <definition>`` when the column is missing. The 18.16 server
+    has no ``ADD COLUMN IF NOT EXISTS``, so the check is a look at ``system.columns``: a crash
+    between applying and recording a migration must leave it safe to run again."""
+
+    def __new__(cls, table: str, name: str, definition: str) -> AddColumn:
+        made = super().__new__(cls, f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        made.table, made.name = table, name
+        return made
+
+    table: str
+    name: str
+
+
 _VERSIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version UInt32, description String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"
@@ -168,6 +182,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             SpeedOnly("ALTER TABLE units DROP INDEX IF EXISTS ix_lots"),
         ],
     ),
+    (
+        5,
+        "units: whether the customer is reachable, stored",
+        [
+            # A scope counts reachable customers; from the phone and email strings that read cost
+            # ~16 % of a 1 % scope's read at 10 M units (60 -> 50 ms). Computed by every insert,
+            # whatever writes it; registry.units.Unit.reachable is the same rule in Python.
+            AddColumn(
+                "units",
+                "reachable",
+                "UInt8 MATERIALIZED toUInt8(contact_consent = 1"
+                " AND (customer_phone != '' OR customer_email != ''))",
+            ),
+            # Parts written before this migration compute it on read until this rewrites them.
+            SpeedOnly("ALTER TABLE units MATERIALIZE COLUMN reachable"),
+        ],
+    ),
 ]
 
 
@@ -187,17 +218,34 @@ def migrate(store: ClickHouseStore) -> int:
         if version in done:
             continue
         for sql in statements:
-            if isinstance(sql, SpeedOnly):
-                with contextlib.suppress(ClickHouseError):
-                    store.query(sql)
-            else:
-                store.query(sql)
+            apply_statement(store, sql)
         store.insert(
             "schema_migrations",
             [{"version": version, "description": description, "applied_at": int(time.time())}],
         )
         done.add(version)
     return max(done)  # may exceed ours if newer code already migrated this database
+
+
+def apply_statement(store: ClickHouseStore, sql: str) -> None:
+    """Run one migration statement; safe to run again (a crash may repeat a migration)."""
+    if isinstance(sql, AddColumn):
+        if not _has_column(store, sql.table, sql.name):
+            store.query(sql)
+    elif isinstance(sql, SpeedOnly):
+        with contextlib.suppress(ClickHouseError):
+            store.query(sql)
+    else:
+        store.query(sql)
+
+
+def _has_column(store: ClickHouseStore, table: str, name: str) -> bool:
+    rows = store.query(
+        "SELECT count() AS n FROM system.columns"
+        " WHERE database = currentDatabase() AND table = {t} AND name = {c}",
+        {"t": table, "c": name},
+    )
+    return int(rows[0]["n"]) > 0
 
 
 def row_counts(store: ClickHouseStore) -> dict[str, int]:

@@ -206,3 +206,40 @@ def test_lookup_carries_the_units_own_history_and_the_index_sees_new_alerts(
     )  # fmt: skip
     now[0] = 3.0  # the index is rebuilt once it is older than max_age_s
     assert [a["alert_id"] for a in index.alerts("A", "A1")] == ["al1"] and index.alerts("A", "A2") == []
+
+
+def test_the_stored_reachable_flag_follows_the_pure_rule_through_updates(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    from registry.units import Unit
+
+    combos = [
+        (consent, phone, email)
+        for consent in ("true", "false")
+        for phone in ("", "+15550001")
+        for email in ("", "a@example.com")
+    ]
+    serials = [f"R-{i:03d}" for i in range(len(combos))]
+    columns = ["serial", "model", "batch", "contact_consent", "customer_phone", "customer_email"]
+    rows = [[s, "M", "B", *combo] for s, combo in zip(serials, combos, strict=True)]
+    first = write_csv(tmp_path / "crm1.csv", columns, rows)
+    assert import_files([first], registry, now=NOW, progress=False).loaded == len(rows)
+    # A later CRM export flips every consent: the merged rows must recompute the flag.
+    flipped = [[s, "true" if c == "false" else "false"] for s, (c, _, _) in zip(serials, combos, strict=True)]
+    second = write_csv(tmp_path / "crm2.csv", ["serial", "contact_consent"], flipped)
+    for path, consents in ((first, [c for c, _, _ in combos]), (second, [r[1] for r in flipped])):
+        import_files([path], registry, now=NOW + 10, progress=False)
+        stored = {
+            r["serial"]: r["reachable"]
+            for r in registry.store.query("SELECT serial, reachable FROM units FINAL ORDER BY serial")
+        }
+        for serial, consent, (_, phone, email) in zip(serials, consents, combos, strict=True):
+            unit = Unit(
+                serial=serial,
+                model="M",
+                batch="B",
+                contact_consent=consent == "true",
+                customer_phone=phone,
+                customer_email=email,
+            )
+            assert stored[serial] == int(unit.reachable), (serial, consent, phone, email)

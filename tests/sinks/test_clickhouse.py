@@ -20,7 +20,7 @@ from sinks.clickhouse import (
     render_sql,
     sql_literal,
 )
-from sinks.schema import MIGRATIONS, TABLES, row_counts
+from sinks.schema import MIGRATIONS, TABLES, apply_statement, row_counts
 
 T0 = 1_700_000_000  # DateTime values go in and come out as int epoch seconds
 
@@ -220,6 +220,18 @@ def test_migrate_is_idempotent(store: ClickHouseStore) -> None:
     assert {*TABLES, "schema_migrations"} <= tables
     recorded = store.query("SELECT version, description FROM schema_migrations ORDER BY version")
     assert recorded == [{"version": v, "description": d} for v, d, _ in MIGRATIONS]
+
+
+def test_every_migration_statement_can_run_again(store: ClickHouseStore) -> None:
+    # A crash between applying a migration and recording it runs it again on the next start.
+    for _, _, statements in MIGRATIONS:
+        for sql in statements:
+            apply_statement(store, sql)
+    columns = store.query(
+        "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'units'"
+        " AND name = 'reachable'"
+    )
+    assert len(columns) == 1
 
 
 # --- round trips and replay --------------------------------------------------------------------------
