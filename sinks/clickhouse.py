@@ -17,6 +17,7 @@ Value rules, identical on both back ends so callers never care which one they go
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -249,9 +250,17 @@ class ChdbStore:
             try:
                 result = self._session.query(sql, fmt)
             except Exception as exc:  # chdb raises ChdbError(RuntimeError) for every failure
+                self._discard_partial_output()
                 raise ClickHouseError(str(exc)) from exc
         data: bytes = result.bytes()
         return data
+
+    def _discard_partial_output(self) -> None:
+        """A query that fails after its output began (``throwIf`` on row 300,000, say) leaves that
+        output in the session, and chdb puts it in front of the next query's answer, which then
+        does not parse. One throwaway query takes it."""
+        with contextlib.suppress(Exception):
+            self._session.query("SELECT 1", "CSV")
 
     def migrate(self) -> int:
         from sinks.schema import migrate
@@ -284,6 +293,7 @@ class ChdbStore:
             try:
                 self._session.query(sql, "CSV")
             except Exception as exc:
+                self._discard_partial_output()
                 raise ClickHouseError(str(exc)) from exc
         return int(data.num_rows)
 

@@ -280,6 +280,16 @@ def test_insert_empty_is_noop_and_bad_rows_rejected(store: ClickHouseStore) -> N
         store.insert("events; DROP TABLE events", SAMPLE_ROWS["events"])
 
 
+def test_a_query_failing_midway_leaves_the_next_answer_intact(store: ClickHouseStore) -> None:
+    # chdb kept the failed query's first rows and put them in front of the next query's answer.
+    with pytest.raises(ClickHouseError, match="throwIf"):
+        store.query(
+            "SELECT number, throwIf(number = 300000) AS x FROM numbers(1000000)"
+            " SETTINGS max_block_size = 1000"
+        )
+    assert store.query("SELECT 1 AS one") == [{"one": 1}]
+
+
 def test_backend_errors_are_wrapped(store: ClickHouseStore) -> None:
     with pytest.raises(ClickHouseError):
         store.query("SELEC 1")
