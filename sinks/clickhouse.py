@@ -229,38 +229,55 @@ class ChdbStore:
     backend = "chdb"
 
     def __init__(self, data_dir: str | Path) -> None:
-        import chdb.session  # imported here: the wheel is large and server users never need it
+        import chdb  # imported here: the wheel is large and server users never need it
 
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        # The worker and the API share this one session in embedded mode; chdb is not re-entrant.
-        self._lock = threading.Lock()
+        # One connection per thread, so the API's lookups need not wait behind the worker's inserts
+        # (they share this store in embedded mode). chdb runs queries of different connections
+        # side by side, and settings are per connection, so each new one gets _CHDB_SETTINGS.
+        self._connect = chdb.connect
+        self._path = str(path)
+        self._local = threading.local()
+        self._guard = threading.Lock()  # guards the list below and closing
+        self._connections: list[tuple[Any, threading.Lock]] = []
+        self._closed = False
         try:
-            # One data dir per process (and per machine): a second path in this process fails here.
-            self._session: Any = chdb.session.Session(f"{path}?{urlencode(_CHDB_STARTUP)}")
+            # The first connection starts the engine with the server settings; one data dir per
+            # process (and per machine): a second path in this process fails here.
+            self._connection(f"{path}?{urlencode(_CHDB_STARTUP)}")
+        except ClickHouseError:
+            raise
         except Exception as exc:
             raise ClickHouseError(f"cannot open chdb data dir {path}: {exc}") from exc
-        for name, value in _CHDB_SETTINGS.items():
-            self._run(f"SET {name} = {value}")
+
+    def _connection(self, uri: str | None = None) -> tuple[Any, threading.Lock]:
+        """This thread's connection and the lock ``close`` takes to wait for its query."""
+        mine: tuple[Any, threading.Lock] | None = getattr(self._local, "connection", None)
+        if mine is None:
+            with self._guard:
+                if self._closed:
+                    raise ClickHouseError("store is closed")
+                conn = self._connect(uri or self._path)
+                for name, value in _CHDB_SETTINGS.items():
+                    conn.query(f"SET {name} = {value}", "CSV")
+                mine = (conn, threading.Lock())
+                self._connections.append(mine)
+            self._local.connection = mine
+        return mine
 
     def _run(self, sql: str, fmt: str = "CSV") -> bytes:
-        with self._lock:
-            if self._session is None:
+        conn, busy = self._connection()
+        with busy:
+            if self._closed:
                 raise ClickHouseError("store is closed")
             try:
-                result = self._session.query(sql, fmt)
+                result = conn.query(sql, fmt)
             except Exception as exc:  # chdb raises ChdbError(RuntimeError) for every failure
-                self._discard_partial_output()
+                _discard_partial_output(conn)
                 raise ClickHouseError(str(exc)) from exc
         data: bytes = result.bytes()
         return data
-
-    def _discard_partial_output(self) -> None:
-        """A query that fails after its output began (``throwIf`` on row 300,000, say) leaves that
-        output in the session, and chdb puts it in front of the next query's answer, which then
-        does not parse. One throwaway query takes it."""
-        with contextlib.suppress(Exception):
-            self._session.query("SELECT 1", "CSV")
 
     def migrate(self) -> int:
         from sinks.schema import migrate
@@ -287,13 +304,14 @@ class ChdbStore:
         targets, exprs = _insert_select(data, select)
         arrow_rows = data  # noqa: F841 -- chdb's Python() table function finds it by this name
         sql = f"INSERT INTO {_ident(table)} ({targets}) SELECT {exprs} FROM Python(arrow_rows)"
-        with self._lock:
-            if self._session is None:
+        conn, busy = self._connection()
+        with busy:
+            if self._closed:
                 raise ClickHouseError("store is closed")
             try:
-                self._session.query(sql, "CSV")
+                conn.query(sql, "CSV")
             except Exception as exc:
-                self._discard_partial_output()
+                _discard_partial_output(conn)
                 raise ClickHouseError(str(exc)) from exc
         return int(data.num_rows)
 
@@ -310,10 +328,20 @@ class ChdbStore:
         return out
 
     def close(self) -> None:
-        with self._lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+        with self._guard:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn, busy in connections:
+            with busy:  # a query in flight on another thread finishes first
+                conn.close()
+
+
+def _discard_partial_output(conn: Any) -> None:
+    """A query that fails after its output began (``throwIf`` on row 300,000, say) leaves that
+    output in its connection, and chdb puts it in front of the next query's answer, which then does
+    not parse. One throwaway query takes it."""
+    with contextlib.suppress(Exception):
+        conn.query("SELECT 1", "CSV")
 
 
 # --- clickhouse-server via clickhouse-driver --------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,25 @@ def test_second_chdb_dir_in_one_process_is_a_clear_error(tmp_path: Path) -> None
             open_store(None, tmp_path / "b")
     finally:
         first.close()
+
+
+def test_chdb_queries_from_other_threads_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    # Embedded mode shares one store between the worker and the API: a lookup must not queue
+    # behind a long insert or scope on another thread.
+    import threading
+
+    store = open_store(None, tmp_path / "chdb")
+    try:
+        slow = threading.Thread(target=store.query, args=("SELECT sleepEachRow(1) FROM numbers(3)",))
+        slow.start()
+        time.sleep(0.3)  # the slow query is under way
+        assert store.query("SELECT 1 AS one") == [{"one": 1}]
+        assert slow.is_alive()  # answered while the 3-second query still ran
+        slow.join()
+    finally:
+        store.close()
+    with pytest.raises(ClickHouseError, match="closed"):
+        store.query("SELECT 1")
 
 
 def test_open_store_parses_server_urls(tmp_path: Path) -> None:
