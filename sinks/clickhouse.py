@@ -303,16 +303,7 @@ class ChdbStore:
             return 0
         targets, exprs = _insert_select(data, select)
         arrow_rows = data  # noqa: F841 -- chdb's Python() table function finds it by this name
-        sql = f"INSERT INTO {_ident(table)} ({targets}) SELECT {exprs} FROM Python(arrow_rows)"
-        conn, busy = self._connection()
-        with busy:
-            if self._closed:
-                raise ClickHouseError("store is closed")
-            try:
-                conn.query(sql, "CSV")
-            except Exception as exc:
-                _discard_partial_output(conn)
-                raise ClickHouseError(str(exc)) from exc
+        self._run(f"INSERT INTO {_ident(table)} ({targets}) SELECT {exprs} FROM Python(arrow_rows)")
         return int(data.num_rows)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

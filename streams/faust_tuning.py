@@ -183,11 +183,7 @@ async def hand_on(consumer: Any, callback: Any, message: Any) -> None:
         awaited = call.send(None)
     except StopIteration:
         return
-    await consumer.wait_first(_resumed(call, awaited), consumer.suspend_flow.wait())
-
-
-async def _resumed(call: Any, awaited: Any) -> Any:
-    return await _Resume(call, awaited)
+    await consumer.wait_first(_Resume(call, awaited), consumer.suspend_flow.wait())
 
 
 class _Resume:
