@@ -26,8 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,6 +55,41 @@ def free_port() -> int:
     return fp()
 
 
+def concurrent_lookups(base: str, serials: list[str], clients: int) -> dict[str, Any]:
+    """Distinct lookups from ``clients`` threads at once (a consumer page during a recall): the rate
+    the API sustains and the latency each caller sees meanwhile."""
+    if clients <= 0 or not serials:
+        return {}
+    shares = [serials[i::clients] for i in range(clients)]
+    latencies: list[float] = []
+
+    def client(share: list[str]) -> None:
+        with httpx.Client(base_url=base, headers={"X-API-Key": "bench-key"}, timeout=60) as http:
+            http.get(f"/v1/units/{share[0]}")  # connect before the clock starts
+            barrier.wait()
+            for s in share[1:]:
+                t = time.perf_counter()
+                r = http.get(f"/v1/units/{s}")
+                latencies.append((time.perf_counter() - t) * 1000)  # list.append is atomic
+                assert r.status_code == 200, r.text
+
+    barrier = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    t = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - t
+    return {
+        "lookup_clients": clients,
+        "lookup_concurrent_per_s": round(len(latencies) / elapsed),
+        "lookup_concurrent_p50_ms": round(statistics.median(latencies), 2),
+        "lookup_concurrent_p99_ms": round(percentile(latencies, 0.99), 2),
+    }
+
+
 def main() -> None:
     from recallwatch.synthetic_units import write_synthetic_units
 
@@ -60,6 +97,9 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=10_000_000)
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--scopes", type=int, default=200)
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients for the lookup throughput phase (0: skip)"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it")
     parser.add_argument(
         "--reuse",
@@ -114,11 +154,11 @@ def main() -> None:
                 if time.monotonic() > deadline or api.poll() is not None:
                     raise SystemExit("the API did not come up")
                 time.sleep(0.2)
-            serials = layout.sample_serials(args.lookups + 50, seed=11)
+            serials = layout.sample_serials(2 * args.lookups + 50, seed=11)
             for s in serials[:50]:  # warm-up: first queries load marks and primary keys
                 http.get(f"/v1/units/{s}")
             lookup_ms = []
-            for s in serials[50:]:
+            for s in serials[50 : 50 + args.lookups]:
                 t = time.perf_counter()
                 r = http.get(f"/v1/units/{s}")
                 lookup_ms.append((time.perf_counter() - t) * 1000)
@@ -133,6 +173,7 @@ def main() -> None:
                 if i >= 10:  # the first ten warm up
                     scope_ms.append(elapsed)
                     scope_units.append(r.json()["units"])
+            concurrent = concurrent_lookups(base, serials[50 + args.lookups :], args.clients)
             rss, peak = rss_mb(api.pid)
     finally:
         api.terminate()
@@ -151,6 +192,7 @@ def main() -> None:
                 "scope_p50_ms": round(statistics.median(scope_ms), 2),
                 "scope_p99_ms": round(percentile(scope_ms, 0.99), 2),
                 "scope_units_median": int(statistics.median(scope_units)),
+                **concurrent,
                 "api_rss_mb": round(rss, 1),
                 "api_peak_rss_mb": round(peak, 1),
                 "generate_s": round(generate_s, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -141,3 +142,37 @@ def test_unit_lookup_and_case_read_join_cases_scope_and_complaints(client: TestC
     assert [c["event_id"] for c in case["complaints"]] == ["e1"]
     lot_case = client.get(f"/v1/cases/{lot}", headers=VIEWER).json()
     assert lot_case["scope"]["units"] == 9 and [c["serial"] for c in lot_case["complaints"]] == ["KT-00003"]
+
+
+class _LoopWatchingStore:
+    """The real store, noting every query that ran on the event loop's thread (so blocked it)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.on_loop: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def query(self, sql: str, params=None):
+        try:
+            asyncio.get_running_loop()
+            self.on_loop.append(sql)
+        except RuntimeError:  # no loop in this thread: a worker thread, as it should be
+            pass
+        return self._inner.query(sql, params)
+
+
+def test_unit_lookups_query_off_the_event_loop(store, tmp_path: Path) -> None:
+    """A lookup's queries take milliseconds; on the event loop they would queue every other request
+    (and every other lookup) behind them, so concurrent callers could never use a second core."""
+    path = tmp_path / "units.csv"
+    path.write_text("serial,model,batch\nKT-00001,KT,B1\n")
+    import_files([path], RegistryStore(store), now=1_760_000_000, progress=False)
+    watching = _LoopWatchingStore(store)
+    policy = AccessPolicy(keys={"ops-key-123": "operations"}, anonymous_role=None)
+    with TestClient(create_api(watching, "http://rw.test", policy)) as c:
+        watching.on_loop.clear()  # start-up may query on the loop; requests may not
+        assert c.get("/v1/units/KT-00001", headers=OPS).json()["unit"]["model"] == "KT"
+        assert c.get("/v1/units/KT-99999", headers=OPS).status_code == 404
+    assert watching.on_loop == []
