@@ -9,11 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sinks.clickhouse import ClickHouseStore, open_store
 from tests.clickhouse_server import running_clickhouse_server
 
 SERVER_MARKS = [pytest.mark.server, pytest.mark.integration]
+
+# Property tests draw the same examples on every run (a red CI run can be replayed, and a green one
+# is not luck); no per-example deadline, because this shared machine's pauses are not our bugs.
+# Set HYPOTHESIS_PROFILE=explore locally to draw new examples, many more of them.
+settings.register_profile(
+    "repeatable", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("explore", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")
