@@ -66,7 +66,7 @@ class CaseDesk:
                 case = book.case(outcome.case_id)
                 alert_id = str(alert.get("alert_id") or "")
                 return [e for e in (case.history if case else ()) if _alert_id(e) == alert_id][:1]
-            self.store.append([outcome.event], recorded_at=self.clock())
+            self._store_or_forget([outcome.event])
             return [outcome.event]
 
     def recalls_on(self, model: str, failure_mode: str, batch: str) -> int:
@@ -86,8 +86,21 @@ class CaseDesk:
                 return self._result(cmd, "unknown_case", str(exc), []), []
             except (CommandRefused, InvalidTransition, ValueError) as exc:
                 return self._result(cmd, "refused", str(exc), []), []
-            self.store.append(events, recorded_at=self.clock())
+            self._store_or_forget(events)
             return self._result(cmd, "ok", "", events), events
+
+    def _store_or_forget(self, events: list[CaseEvent]) -> None:
+        """Store events the book already holds; if that fails, forget the book.
+
+        The book applies an event before it is stored. Kept after a failed write, it would take the
+        retried alert for a duplicate and hand back an event that is in no log, and the case's next
+        event would be stored without the one before it. Rebuilt from the store, it decides again.
+        """
+        try:
+            self.store.append(events, recorded_at=self.clock())
+        except BaseException:
+            self.book = None
+            raise
 
     def _result(self, cmd: Command, status: str, detail: str, events: list[CaseEvent]) -> CommandResult:
         result = CommandResult(cmd.command_id, cmd.case_id, status, detail, seqs_of(events))

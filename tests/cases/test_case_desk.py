@@ -11,7 +11,7 @@ from cases.lifecycle import State
 from cases.risk import DEFAULT_MATRIX
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, ConcernIndex, ThreadPosition
-from sinks.clickhouse import ClickHouseStore
+from sinks.clickhouse import ClickHouseError, ClickHouseStore
 
 pytestmark = pytest.mark.integration
 ALERT = {"alert_id": "a1", "model": "KT-100", "batch": "B05", "failure_mode": "heating_element",
@@ -90,3 +90,39 @@ def test_the_case_index_answers_from_memory_and_refreshes_when_stale(store: Clic
     found = index.concerning("KT-100", "B05", ["HT-7", "other"])
     assert [c["case_id"] for c in found] == sorted([opened.case_id, lot])
     assert {c["state"] for c in found} == {"open"} and index.concerning("KT-100", "B06") == []
+
+
+@pytest.mark.parametrize("write", ["alert", "command"])
+def test_a_failed_write_leaves_nothing_half_recorded(store: ClickHouseStore, write: str) -> None:
+    """ClickHouse serves reads but refuses writes (here: the log is briefly behind a read-only Merge
+    table) and the worker retries: the retry stores the same event, and a desk started afresh on
+    the log carries on from it."""
+    desk = desk_on(store)
+    desk.refresh()
+    if write == "command":
+        (opened,) = desk.on_alert(ALERT, at=100.0)
+    store.query("RENAME TABLE case_events TO case_events_away")
+    store.query(
+        "CREATE TABLE case_events AS case_events_away ENGINE = Merge(currentDatabase(), '^case_events_away$')"
+    )
+    try:
+        with pytest.raises(ClickHouseError, match="not supported"):
+            if write == "alert":
+                desk.on_alert(ALERT, at=100.0)
+            else:
+                desk.run(Command("c1", opened.case_id, "assess", "ana", 200.0, "triage"))
+    finally:
+        store.query("DROP TABLE case_events")
+        store.query("RENAME TABLE case_events_away TO case_events")
+
+    if write == "alert":
+        (opened,) = desk.on_alert(ALERT, at=100.0)  # the retry
+        assert opened.seq == 1
+    else:
+        result, events = desk.run(Command("c1", opened.case_id, "assess", "ana", 200.0, "triage"))
+        assert result.status == "ok" and [e.seq for e in events] == [2]
+    desk.run(Command("c2", opened.case_id, "take", "ana", 210.0, "mine"))
+    stored = CaseStore(store).events(opened.case_id)
+    assert [e.seq for e in stored] == ([1, 2, 3] if write == "command" else [1, 2])
+    view = desk_on(store).view(opened.case_id)  # a restarted worker reads only what was stored
+    assert view is not None and view.owner == "ana"
