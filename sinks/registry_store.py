@@ -249,6 +249,20 @@ class RegistryStore:
                 return
             after = rows[-1]["serial"]
 
+    def cell_population(self, model: str, batch: str) -> tuple[int, int]:
+        """A (model, batch)'s latest shipment time and its units shipped by then (all shipped units).
+
+        Counted up to the cell's own latest shipment, not the latest in whatever batch of changes
+        prompted the count: a back-dated shipment would otherwise send a count as of its own date
+        and set the cell's denominator back to fewer units than are in the field.
+        """
+        row = self.store.query(
+            "SELECT max(shipped_at) AS at, count() AS n FROM units FINAL"
+            " WHERE model = {m} AND batch = {b} AND shipped_at > 0",
+            {"m": model, "b": batch},
+        )
+        return (int(row[0]["at"]), int(row[0]["n"])) if row else (0, 0)
+
     def units_in_field(self, model: str, batch: str, at: int) -> int:
         """Units of a (model, batch) shipped by ``at``: the registry's rate denominator."""
         row = self.store.query(

@@ -395,16 +395,14 @@ def create_app(
         units = await retry_until_done(
             "registry read", lambda: asyncio.to_thread(registry.units_by_serial, sorted(serials)), *retry_s
         )
-        latest: dict[tuple[str, str], int] = {}
-        for row in units.values():
-            key = (row["model"], row["batch"])
-            latest[key] = max(latest.get(key, 0), int(row["shipped_at"]))
-        for (model, batch), at in sorted(latest.items()):
-            count = await retry_until_done(
+        for model, batch in sorted({(row["model"], row["batch"]) for row in units.values()}):
+            at, count = await retry_until_done(
                 "registry count",
-                lambda m=model, b=batch, t=at: asyncio.to_thread(registry.units_in_field, m, b, t),
+                lambda m=model, b=batch: asyncio.to_thread(registry.cell_population, m, b),
                 *retry_s,
             )
+            if count == 0:  # the shipment was taken back: nothing shipped, nothing to count from
+                continue
             event = {
                 "event_id": f"population:{model}|{batch}:{at}:{count}",
                 "kind": "population",

@@ -139,6 +139,19 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
             )
             wait_for(lambda: [r["n"] for r in query(url, tmp_path, pop_sql)] == [20, 5])
             assert query(url, tmp_path, pop_sql) == [{"batch": "B1", "n": 20}, {"batch": "B2", "n": 5}]
+
+            # A shipment recorded late, dated before the cell's latest one, adds a unit: the count
+            # sent is every unit shipped up to the cell's latest shipment, not up to this one's date.
+            late = {"event_id": "s26", "kind": "shipment", "serial": "KT-0026",
+                    "occurred_at": "2025-01-05T00:00:00Z", "region": "EU"}  # fmt: skip
+            producer.send("rw.registry", key=b"KT-0026", value=orjson.dumps(late))
+            producer.flush()
+            b2_sql = (
+                "SELECT toUnixTimestamp(occurred_at) AS at, units FROM events FINAL"
+                " WHERE kind = 'population' AND batch = 'B2' ORDER BY units DESC LIMIT 1"
+            )
+            wait_for(lambda: (query(url, tmp_path, b2_sql) or [{"units": 0}])[0]["units"] >= 6)
+            assert query(url, tmp_path, b2_sql) == [{"at": 1_736_467_200, "units": 6}]  # 2025-01-10
             assert worker.poll() is None
         finally:
             producer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,21 @@ def test_resolve_ranges_breakdowns_and_lots(registry: RegistryStore, tmp_path: P
     assert [len(p) for p in pages] == [7, 7, 7, 3]
     assert "customer_email" not in pages[0][0]
     assert registry.units_in_field("A", "A2", at=NOW) == 9
+
+
+def test_a_cells_population_counts_every_shipped_unit_up_to_its_latest_shipment(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    """A shipment recorded late with an earlier date adds a unit; the count keeps the latest time."""
+    columns = ["serial", "model", "batch", "shipped_at"]
+    first = [["P-01", "P", "P1", "2024-03-10"], ["P-02", "P", "P1", ""], ["P-03", "P", "P2", "2024-03-01"]]
+    import_files([write_csv(tmp_path / "a.csv", columns, first)], registry, now=NOW, progress=False)
+    march_10 = int(datetime(2024, 3, 10, tzinfo=UTC).timestamp())
+    assert registry.cell_population("P", "P1") == (march_10, 1)
+    late = [["P-02", "P", "P1", "2024-03-05"]]
+    import_files([write_csv(tmp_path / "b.csv", columns, late)], registry, now=NOW + 60, progress=False)
+    assert registry.cell_population("P", "P1") == (march_10, 2)
+    assert registry.cell_population("P", "nope") == (0, 0)
 
 
 TRICKY_SERIALS = ["SN-000123", "12345", "AB12CD", "AB12CD7", "X" + "9" * 25, "Ünï-007", "a b 5", "0"]
