@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -24,6 +25,7 @@ from registry.tabular import ValidatedBatch, check_columns, validate_batch
 from sinks.registry_store import RegistryStore
 
 BATCH_ROWS = 1_000_000
+CSV_BLOCK_BYTES = 64 << 20  # a CSV batch is the rows of one block
 
 
 @dataclass
@@ -61,10 +63,28 @@ class ImportReport:
         }
 
 
-def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Batches of a file with the line number of each batch's first row.
+@dataclass
+class Batch:
+    """One batch of a file: its rows, the line of each, and the lines the CSV parser had to skip."""
 
-    CSV lines count the header as line 1; Parquet has no lines, so its "line" is the 1-based row.
+    rows: pa.RecordBatch | pa.Table
+    first_line: int
+    lines: np.ndarray | None = None  # None: rows are lines first_line, first_line + 1, ...
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, raw text)
+
+    def index(self, lines: list[int]) -> np.ndarray:
+        """Row positions of the given lines (which must be rows of this batch)."""
+        if self.lines is None:
+            return np.asarray(lines, dtype=np.int64) - self.first_line
+        return np.searchsorted(self.lines, lines)
+
+
+def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """Batches of a file with the line number of each row.
+
+    CSV lines count the header as line 1 (a record is one line, even with a quoted value over several);
+    Parquet has no lines, so its "line" is the 1-based row. A CSV line with the wrong number of fields
+    is skipped by the parser and handed on in ``skipped`` to be rejected like any bad row.
     """
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -72,28 +92,54 @@ def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pa.
         check_columns(parquet.schema_arrow.names)
         line = 1
         for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield batch, line
+            yield Batch(batch, line)
             line += batch.num_rows
     elif suffix == ".csv":
-        with path.open("rb") as f:
-            header = f.readline().decode("utf-8-sig")
-        if not header.strip():
-            raise ValueError(f"{path}: empty file (a CSV needs a header line)")
-        columns = pacsv.read_csv(pa.py_buffer(header.encode())).schema.names
-        check_columns(columns)
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=64 << 20),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
-            ),
-        )
-        line = 2
-        for batch in reader:
-            yield batch, line
-            line += batch.num_rows
+        yield from _read_csv(path)
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (expected .csv or .parquet)")
+
+
+def _read_csv(path: Path) -> Iterator[Batch]:
+    with path.open("rb") as f:
+        header = f.readline().decode("utf-8-sig")
+    if not header.strip():
+        raise ValueError(f"{path}: empty file (a CSV needs a header line)")
+    columns = pacsv.read_csv(pa.py_buffer(header.encode())).schema.names
+    check_columns(columns)
+    skipped: list[tuple[int, str, str]] = []
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        # Called only for bad lines. ``number`` counts records from the header (1), like our lines.
+        if row.number is None:
+            return "error"
+        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        skipped.append((row.number, reason, row.text))
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        # Serial parsing: the only way the parser knows a skipped line's number (no slower here).
+        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
+        ),
+    )
+    good = reported = 0  # rows yielded so far, skipped lines handed on so far
+    for batch in reader:
+        first_line, lines, seen = 2 + good, None, len(skipped)
+        if seen:
+            # Row k is the (good + k)-th good line, moved down by the skipped lines before it;
+            # numbered as if no line were skipped, skipped line i (0-based, in order) is at s_i - i.
+            numbers = np.sort(np.array([number for number, _, _ in skipped[:seen]], dtype=np.int64))
+            at = first_line + np.arange(batch.num_rows, dtype=np.int64)
+            lines = at + np.searchsorted(numbers - np.arange(seen), at, side="right")
+            first_line = int(lines[0]) if len(lines) else first_line
+        yield Batch(batch, first_line, lines, skipped[reported:seen])
+        good, reported = good + batch.num_rows, seen
+    if len(skipped) > reported:  # bad lines after the last row
+        yield Batch(reader.schema.empty_table(), 2 + good, np.zeros(0, np.int64), skipped[reported:])
 
 
 def import_files(
@@ -109,15 +155,16 @@ def import_files(
         total = pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet" else None
         bar = tqdm(total=total, unit=" units", desc=path.name, disable=not progress, file=sys.stderr)
         try:
-            for batch, first_line, checked in _checked_ahead(read_batches(path)):
+            for batch, checked in _checked_ahead(read_batches(path)):
                 merged = registry.merge(checked.rows, source=str(path), now=now)
-                rejects = sorted(checked.rejects + merged.rejects)
+                skipped = [(line, reason) for line, reason, _ in batch.skipped]
+                rejects = sorted(checked.rejects + merged.rejects + skipped)
                 report.loaded += merged.loaded
                 report.rejected += len(rejects)
                 report.rejects.extend(rejects[: max(0, 20 - len(report.rejects))])
                 if rejects:
-                    _keep_rejects(registry, path, batch, first_line, rejects, now)
-                bar.update(batch.num_rows)
+                    _keep_rejects(registry, path, batch, rejects, now)
+                bar.update(batch.rows.num_rows)
         except (OSError, ValueError, pa.ArrowException) as exc:
             report.error = str(exc)
         finally:
@@ -125,17 +172,15 @@ def import_files(
     return ImportReport(reports, time.perf_counter() - started)
 
 
-def _checked_ahead(
-    batches: Iterator[tuple[pa.RecordBatch, int]],
-) -> Iterator[tuple[pa.RecordBatch, int, ValidatedBatch]]:
+def _checked_ahead(batches: Iterator[Batch]) -> Iterator[tuple[Batch, ValidatedBatch]]:
     """Read and check the next batch on a thread while the caller merges this one: Arrow and
     ClickHouse both release the GIL, so the two overlap on separate cores."""
 
-    def read_and_check() -> tuple[pa.RecordBatch, int, ValidatedBatch] | None:
+    def read_and_check() -> tuple[Batch, ValidatedBatch] | None:
         item = next(batches, None)
         if item is None:
             return None
-        return item[0], item[1], validate_batch(item[0], item[1])
+        return item, validate_batch(item.rows, item.first_line, item.lines)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = pool.submit(read_and_check)
@@ -147,12 +192,17 @@ def _checked_ahead(
 def _keep_rejects(
     registry: RegistryStore,
     path: Path,
-    batch: pa.RecordBatch,
-    first_line: int,
+    batch: Batch,
     rejects: list[tuple[int, str]],
     now: int,
 ) -> None:
-    rows = batch.take(pa.array([line - first_line for line, _ in rejects])).to_pylist()
+    # A skipped CSV line is kept as the text read; any other rejected row as its cells, as JSON.
+    raw = {line: text for line, _, text in batch.skipped}
+    in_batch = [line for line, _ in rejects if line not in raw]
+    rows = iter(batch.rows.take(pa.array(batch.index(in_batch), pa.int64())).to_pylist())
+    payloads = [
+        raw[line] if line in raw else orjson.dumps(next(rows), default=str).decode() for line, _ in rejects
+    ]
     registry.store.insert(
         "rejects",
         [
@@ -163,9 +213,9 @@ def _keep_rejects(
                 "partition": 0,
                 "offset": line,
                 "reason": f"{path}:{line}: {reason}",
-                "payload": orjson.dumps(row, default=str).decode(),
+                "payload": payload,
                 "rejected_at": now,
             }
-            for (line, reason), row in zip(rejects, rows, strict=True)
+            for (line, reason), payload in zip(rejects, payloads, strict=True)
         ],
     )

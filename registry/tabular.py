@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from registry.units import MAX_TEXT, TIME_FIELDS, UNIT_FIELDS
+from registry.units import MAX_LOTS, MAX_TEXT, TIME_FIELDS, UNIT_FIELDS
 
 MIN_EPOCH = 631_152_000  # 1990-01-01
 MAX_EPOCH = 4_102_444_800  # 2100-01-01
@@ -51,7 +51,7 @@ def check_columns(names: list[str]) -> tuple[str, ...]:
 
 
 def validate_batch(
-    batch: pa.RecordBatch | pa.Table, first_line: int, lines: list[int] | None = None
+    batch: pa.RecordBatch | pa.Table, first_line: int, lines: list[int] | np.ndarray | None = None
 ) -> ValidatedBatch:
     """Check one batch; row ``k`` of it is reported as line ``first_line + k`` (or ``lines[k]``)."""
     present = check_columns(batch.schema.names)
@@ -193,7 +193,8 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-        parsed = pc.cast(pc.cast(column, pa.timestamp("s", tz="UTC")), pa.int64())
+        # Sub-second Parquet times are truncated to the second (a strict cast refuses the whole batch).
+        parsed = pc.cast(pc.cast(column, pa.timestamp("s", tz="UTC"), safe=False), pa.int64())
         empty = pc.is_null(parsed)
         bad = pa.array(np.zeros(len(column), dtype=bool))
     else:
@@ -215,8 +216,10 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
             parsed = pc.if_else(is_date, pc.cast(pc.cast(days, pa.timestamp("s")), pa.int64()), parsed)
         bad = pc.and_(pc.invert(empty), pc.is_null(parsed))
     epoch = pc.if_else(pc.or_(empty, bad), 0, parsed)
+    # Judged on what was given, not on the stored 0: 1970-01-01 is out of range, not empty.
     out_of_range = pc.and_(
-        pc.not_equal(epoch, 0), pc.or_(pc.less(epoch, MIN_EPOCH), pc.greater_equal(epoch, MAX_EPOCH))
+        pc.invert(pc.or_(empty, bad)),
+        pc.or_(pc.less(parsed, MIN_EPOCH), pc.greater_equal(parsed, MAX_EPOCH)),
     )
     return pc.cast(epoch, pa.int64()), bad, out_of_range
 
@@ -269,10 +272,21 @@ def _lots(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     for too_long in (_too_long(component), _too_long(lot)):
         if too_long is not None:
             bad_pair = pc.or_(bad_pair, too_long)
-    bad_rows = np.zeros(n, dtype=bool)
+    bad_rows = lengths > MAX_LOTS
     if pc.any(bad_pair).as_py():
         row_of_pair = np.repeat(np.arange(n), lengths)
         bad_rows[row_of_pair[bad_pair.to_numpy(zero_copy_only=False)]] = True
+    # A component named twice in a row: compare each pair with the next d pairs of its row, as
+    # dictionary indices (one hash pass, then a numpy compare per d up to the most pairs in a row).
+    most = int(lengths[~bad_rows].max(initial=0))
+    if most > 1:
+        codes = pc.dictionary_encode(component).indices.to_numpy(zero_copy_only=False)
+        room = np.repeat(offsets.to_numpy()[1:], lengths) - np.arange(len(codes))  # pairs left in row
+        twice = np.zeros(len(codes), dtype=bool)
+        for d in range(1, most):
+            twice[:-d] |= (codes[:-d] == codes[d:]) & (room[:-d] > d)
+        if twice.any():
+            bad_rows[np.repeat(np.arange(n), lengths)[twice]] = True
     return (
         pa.ListArray.from_arrays(offsets, component),
         pa.ListArray.from_arrays(offsets, lot),
