@@ -204,13 +204,15 @@ def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.
         # Exports tend to use one form per column: the other form's cast (and the if_else that
         # blanks the rows it must not see) is skipped when no row has it (~40 ms per column).
         any_date, any_empty = pc.any(is_date).as_py(), pc.any(empty).as_py()
+        # Parsed to the microsecond, then cut to the second: exports often carry milliseconds
+        # (JavaScript's toISOString), and a cast straight to seconds refuses any fraction.
         times = _cast_or_null(
             pc.if_else(pc.or_(is_date, empty), "1970-01-01T00:00:00Z", text)
             if any_date or any_empty
             else text,
-            pa.timestamp("s", tz="UTC"),
+            pa.timestamp("us", tz="UTC"),
         )
-        parsed = pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64())
+        parsed = pc.cast(pc.cast(times, pa.timestamp("s"), safe=False), pa.int64())
         if any_date:
             days = _cast_or_null(pc.if_else(is_date, text, "1970-01-01"), pa.date32())
             parsed = pc.if_else(is_date, pc.cast(pc.cast(days, pa.timestamp("s")), pa.int64()), parsed)

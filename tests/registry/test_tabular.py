@@ -61,6 +61,16 @@ def test_good_rows_are_typed() -> None:
     assert [r["contact_consent"] for r in rows] == [1, 0]
 
 
+def test_fractions_of_a_second_are_dropped() -> None:
+    """Exports often carry milliseconds (JavaScript's toISOString): kept to the second."""
+    rows, rejects = check(
+        serial=["SN-1", "SN-2"],
+        produced_at=["2024-05-01T10:00:00.999Z", "2024-05-01T12:00:00.5+02:00"],
+    )
+    assert rejects == []
+    assert [r["produced_at"] for r in rows] == [1_714_557_600, 1_714_557_600]
+
+
 def test_order_of_dates_is_checked_within_a_row() -> None:
     _, rejects = check(serial=["SN-1"], produced_at=["2024-05-02"], shipped_at=["2024-05-01"])
     assert rejects == [(2, "shipped_at is before produced_at")]
