@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import faust
@@ -48,10 +49,50 @@ def decode_case_input(payload: bytes | None) -> Alert | Command | Rejection:
         if not isinstance(data, dict):
             return Rejection("message is not a JSON object", payload or b"")
         if data.get("type") == COMMAND_TYPE:
-            return Command.from_dict(data.get("command") or {})
-        return Alert.from_dict(data)
+            cmd = Command.from_dict(data.get("command") or {})
+            if not math.isfinite(cmd.at):  # from_dict reads "nan" and "inf" as floats
+                raise ValueError(f"a command's at must be a finite epoch time, got {cmd.at!r}")
+            return cmd
+        alert = Alert.from_dict(data)
+        _check_alert_types(alert)
+        return alert
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         return Rejection(f"neither an alert nor a case command: {exc}", payload or b"")
+
+
+# Alert.from_dict takes any values (an alert_id of null, a count of "x"); such an alert would be
+# stored on its case as it came, for every later reader to trip on, rather than dead-lettered.
+# A number may be written without a fraction; true/false are not numbers (Python's bool is an int).
+_ALERT_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "float": (int, float), "int": (int,)}
+
+
+def _check_alert_types(alert: Alert) -> None:
+    for f in fields(alert):
+        value, wanted = getattr(alert, f.name), _ALERT_TYPES.get(str(f.type))
+        if wanted is not None and (isinstance(value, bool) or not isinstance(value, wanted)):
+            raise ValueError(f"alert field {f.name} must be {f.type}, got {value!r:.100}")
+    if not all(isinstance(d, str) for d in alert.detectors_fired):
+        raise ValueError("alert field detectors_fired must be a list of strings")
+
+
+def decode_case_event(
+    payload: bytes | None,
+) -> tuple[str, int, dict[str, Any], dict[str, Any] | None] | Rejection:
+    """A case-events message as (case id, seq, event, case); never raises on a bad message."""
+    try:
+        message = orjson.loads(payload or b"")
+        event, case = message["event"], message["case"]
+        case_id, seq = str(event["case_id"]), int(event["seq"])
+        # What ``post`` reads of the event: a bad one must be refused here, not crash the agent.
+        if not isinstance(event.get("action"), str):
+            raise ValueError(f"the event's action must be a string, got {event.get('action')!r:.100}")
+        if not isinstance(event.get("data") or {}, dict) or not isinstance(event.get("reason", ""), str):
+            raise ValueError("the event's data must be an object and its reason a string")
+        if case is not None and not isinstance(case, dict):
+            raise ValueError("the case must be an object or null")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return Rejection(f"not a case event: {exc}", payload or b"")
+    return case_id, seq, event, case
 
 
 def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
@@ -115,16 +156,13 @@ def add_case_agents(
     @app.agent(case_events_topic, name="case-threads")
     async def case_threads(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
-            try:
-                message = orjson.loads(raw)
-                event, case = message["event"], message["case"]
-                case_id, seq = str(event["case_id"]), int(event["seq"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await deps.reject(raw or b"", f"not a case event: {exc}")
+            decoded = decode_case_event(raw)
+            if isinstance(decoded, Rejection):
+                await deps.reject(decoded.payload, decoded.reason)
                 continue
-            await post(case_id, seq, event, case)
+            await post(*decoded)
 
-    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any]) -> None:
+    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any] | None) -> None:
         pos = positions.get(case_id)
         if pos is None:
             pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(desk.store.thread, case_id))

@@ -47,6 +47,14 @@ class Event(BaseModel):
     region: str = Field(default="", max_length=64)
     units: int = Field(default=0, ge=0, le=10_000_000)
 
+    @field_validator("units", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # Lax int would read true as 1: a shipment of ``true`` units is a producer bug, not one unit.
+        if isinstance(value, bool):
+            raise ValueError("units must be a number, not true/false")
+        return value
+
     @field_validator("occurred_at")
     @classmethod
     def _aware_and_plausible(cls, value: datetime) -> datetime:

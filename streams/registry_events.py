@@ -59,6 +59,10 @@ class RegistryEvent(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("occurred_at needs a timezone (e.g. a trailing Z)")
+        try:
+            value.astimezone(UTC)  # given() writes it in UTC: near year 1 or 9999 that overflows
+        except OverflowError:
+            raise ValueError("occurred_at is out of range in UTC") from None
         return value
 
     def given(self) -> dict[str, str]:
@@ -71,6 +75,11 @@ class RegistryEvent(BaseModel):
             if name not in KIND_FIELDS[self.kind]:
                 raise ValueError(f"a {self.kind} event cannot set {name}")
             if name == "supplier_lots":
+                # The file form is ``component=lot;...``: a ';' anywhere or a '=' in a component
+                # would read back as other lots than the ones sent, so it is refused, not mangled.
+                for component, lot in value.items():
+                    if "=" in component or ";" in component or ";" in lot:
+                        raise ValueError(f"supplier_lots entry {component!r}: {lot!r} contains '=' or ';'")
                 out[name] = format_lots(value)
             elif name == "contact_consent":
                 out[name] = "true" if value else "false"
