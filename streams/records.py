@@ -16,6 +16,8 @@ from typing import Any, Literal, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.alerts import ALL_MODES
+
 INCIDENT_KINDS = ("complaint", "repair", "return")
 MIN_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
@@ -73,6 +75,9 @@ class Event(BaseModel):
             pass  # any units >= 0: a cell may have none in the field yet
         elif not self.failure_mode:
             raise ValueError(f"a {self.kind} needs a failure_mode")
+        elif self.failure_mode == ALL_MODES:
+            # The cell's all-modes sub-cell already counts every incident: named so, it would count twice.
+            raise ValueError(f"failure_mode {ALL_MODES!r} is reserved for all failure modes together")
         return self
 
     @property
@@ -228,7 +233,7 @@ def _canonical_fields(d: dict[str, Any]) -> EventFields | None:
     if kind == "shipment":
         if units <= 0:
             return None
-    elif kind != "population" and not failure_mode:
+    elif kind != "population" and (not failure_mode or failure_mode == ALL_MODES):
         return None
     severity = d.get("severity", _ABSENT)
     if severity is _ABSENT:

@@ -31,6 +31,7 @@ def test_a_good_event_round_trips():
         ({"occurred_at": "2025-03-01T10:00:00"}, "timezone"),
         ({"occurred_at": "3025-01-01T00:00:00Z"}, "1990..2100"),
         ({"failure_mode": ""}, "needs a failure_mode"),
+        ({"failure_mode": "*"}, "reserved for all failure modes"),  # else counted twice in "*"
         ({"model": "a|b"}, "model"),
         ({"batch": ""}, "batch"),
         ({"surprise": 1}, "Extra inputs"),
