@@ -247,6 +247,12 @@ class CaseBook:
                 }
         return None
 
+    def holds_alert(self, alert_fields: Mapping[str, Any]) -> bool:
+        """Whether an event on the alert's case already records it (by alert id)."""
+        alert_id = str(alert_fields.get("alert_id") or "")
+        cid = case_id_for(SignalIdentity.from_alert(alert_fields))
+        return bool(alert_id) and alert_id in self._alert_ids.get(cid, ())
+
     def on_alert(self, alert_fields: Mapping[str, Any], at: float) -> AlertOutcome:
         """Decide what an alert does to its case, record it as an event, and return what happened."""
         identity = SignalIdentity.from_alert(alert_fields)

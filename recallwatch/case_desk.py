@@ -69,6 +69,11 @@ class CaseDesk:
             self._store_or_forget([outcome.event])
             return [outcome.event]
 
+    def holds_alert(self, alert: Mapping[str, Any]) -> bool:
+        """Whether the alert is on its case already (recorded as opening, evidence or muted)."""
+        with self._lock:
+            return self.refresh().holds_alert(alert)
+
     def recalls_on(self, model: str, failure_mode: str, batch: str) -> int:
         """Cases decided as recalls on the same model and failure mode in the model's other batches:
         the live form of the backtest's ``related_recalls`` (a component recalled before)."""

@@ -26,7 +26,7 @@ from recallwatch.case_desk import CaseDesk
 from sinks.alarm_context import AlarmContext
 from sinks.clickhouse import ClickHouseStore
 from streams.case_agents import case_key
-from streams.processing import alert_row
+from streams.processing import alert_from_row, alert_row
 
 log = logging.getLogger("recallwatch.peers")
 DAY = 86_400
@@ -54,23 +54,37 @@ class PeerScanner:
         self.restored = False
 
     def run_once(self) -> list[Alert]:
-        """Blocking (ClickHouse and the case book are read): call it off the event loop."""
-        if not self.restored:  # a new leader picks up the episodes an earlier one opened
-            self.scan.restore(
-                self.store.query(
-                    "SELECT alert_id, model, batch, failure_mode, toUInt32(opened_at) AS opened_at"
-                    " FROM alerts FINAL WHERE config_version = {v}",
-                    {"v": self.scan.config_version},
-                )
-            )
-            self.restored = True
+        """Alerts to write and send: new ones, and after a restore any written but never sent.
+
+        Blocking (ClickHouse and the case book are read): call it off the event loop.
+        """
+        unsent = [] if self.restored else self._restore()
         at = self.context.latest_event_time()
         if at <= self.scan.last_at:
-            return []
+            return unsent
         counts = self.context.key_counts(at)
         alerts = self.scan.scan(peer_observations(counts, at), at, self.desk.recalls_on)
         log.info("peer scan at %d: %d keys, %d new alerts", at, len(counts), len(alerts))
-        return alerts
+        return unsent + alerts
+
+    def _restore(self) -> list[Alert]:
+        """Pick up the episodes earlier scans opened; return their alerts that no case holds.
+
+        An alert's row is written before its message is sent, and the row is what re-opens its
+        episode here. A leader that died between the two (or a send that failed) would otherwise
+        leave the alert on no case and its key silent for the whole cooldown. One that is still on
+        its way is sent twice; the case desk takes the second for the duplicate it is.
+        """
+        rows = self.store.query(
+            "SELECT * FROM alerts FINAL WHERE config_version = {v} ORDER BY opened_at, alert_id",
+            {"v": self.scan.config_version},
+        )
+        self.scan.restore(rows)
+        self.restored = True
+        unsent = [alert_from_row(row) for row in rows if not self.desk.holds_alert(row)]
+        if unsent:
+            log.warning("peer scan: %d alerts written but on no case, sending them again", len(unsent))
+        return unsent
 
 
 def add_peer_scan(
@@ -101,4 +115,8 @@ def add_peer_scan(
             )
             row = alert_row(alert, clock())
             await retry("alert insert", lambda r=row: asyncio.to_thread(store.insert, "alerts", [r]))
-            await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
+            try:
+                await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
+            except Exception:
+                scanner.restored = False  # the next tick sends again what no case holds
+                raise

@@ -9,7 +9,7 @@ replays into the same outputs, which every sink deduplicates by key.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -161,6 +161,14 @@ def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
     row["created_at"] = int(created_at)
     row.pop("trigger_produced_at", None)
     return row
+
+
+def alert_from_row(row: Mapping[str, Any]) -> Alert:
+    """The alert an ``alerts`` row was written from (:func:`alert_row` undone)."""
+    data = dict(row)
+    data["detector_params"] = orjson.loads(row["detector_params"] or "{}")
+    data["detectors_fired"] = [d for d in str(row["detectors_fired"]).split(",") if d]
+    return Alert.from_dict(data)
 
 
 def process_batch(

@@ -101,7 +101,14 @@ def test_a_surge_next_to_a_recalled_batch_alerts_once_per_episode(store: ClickHo
     _complaints(store, [(367, "B3", "door")], start=10_001)
     assert scanner.run_once() == []  # the episode goes on
 
-    restarted = _scanner(store, desk)  # a new leader: it restores the episode, no second alert
+    # The leader dies after writing the alert's row, before its message reached the case desk.
+    restarted = _scanner(store, desk)  # a new leader: it restores the episode, no second alert ...
     _complaints(store, [(369, "B3", "door")], start=10_002)
-    assert restarted.run_once() == []
+    assert restarted.run_once() == [alert]  # ... but sends the alert no case holds again
     assert restarted.scan.episodes[("KT", "B2", "brakes")].alert_id == alert.alert_id
+    assert restarted.run_once() == []
+
+    desk.on_alert(alert.to_dict(), at=T0)  # the case desk takes it
+    again = _scanner(store, desk)
+    _complaints(store, [(371, "B3", "door")], start=10_003)
+    assert again.run_once() == []  # on its case: nothing to send
