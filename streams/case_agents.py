@@ -95,6 +95,16 @@ def decode_case_event(
     return case_id, seq, event, case
 
 
+def reply_target(pos: ThreadPosition | None) -> ThreadRef | None:
+    """The thread a case's next event replies in; None posts a new root message.
+
+    A position saved after the root post failed has no ts (Slack refused it: say the bot was not in
+    the channel yet). The next event then tries a root again, so the thread starts once the
+    channel is fixed, instead of every later event replying to a thread that does not exist.
+    """
+    return None if pos is None or not pos.ts else ThreadRef(pos.channel, pos.ts)
+
+
 def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
     return orjson.dumps({"event": event.to_dict(), "case": case})
 
@@ -173,7 +183,7 @@ def add_case_agents(
             # Muted on purpose (a campaign or a silence): on record, not in anyone's channel.
             await record_delivery(alert, "none", "muted", event.get("reason", ""))
             return
-        thread = None if pos is None else ThreadRef(pos.channel, pos.ts)
+        thread = reply_target(pos)
         try:
             ref = await deps.notifier.deliver(case, event, thread)
             status, detail = "delivered", ref.ts
