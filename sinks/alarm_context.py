@@ -52,6 +52,14 @@ class AlarmContext:
         found = peer_observations(self.key_counts(at), at).get((model, batch, failure_mode))
         return found if found is not None else dict.fromkeys(_FIELDS, 0.0)
 
+    def holds_event(self, model: str, batch: str, event_id: str) -> bool:
+        """Whether an event's row is written (read by the events' primary key)."""
+        rows = self.store.query(
+            "SELECT count() AS n FROM events WHERE model = {m} AND batch = {b} AND event_id = {e}",
+            {"m": model, "b": batch, "e": event_id},
+        )
+        return bool(rows and rows[0]["n"])
+
     def latest_event_time(self) -> int:
         """The newest incident's event time: a scan's "now", so replays and simulations scan at
         their own pace rather than the wall clock's."""

@@ -114,7 +114,9 @@ def alert_ranking(settings: Settings, store: ClickHouseStore, desk: CaseDesk) ->
     ranker = AlarmRanker.load(Path(settings.ranking.ranker_file))
     meta = ranker.meta
     context = AlarmContext(store, int(meta.get("window_days", 90)), int(meta.get("history_days", 3650)))
-    return AlertRanking(ranker, context, desk.recalls_on, settings.ranking.timeout_s)
+    # A few flushes' time for the alarming events' rows to land (see AlertRanking._until_written).
+    flush_wait_s = 4 * settings.worker.flush_interval_s
+    return AlertRanking(ranker, context, desk.recalls_on, settings.ranking.timeout_s, flush_wait_s)
 
 
 class FaustTableCells(MutableMapping[str, CellState]):
@@ -341,7 +343,9 @@ def create_app(
                 stats.processed += len(records) - len(result.dead_letters)
                 stats.replayed += result.replayed
                 stats.rejected += len(result.dead_letters)
-            if len(pending.events) >= settings.worker.flush_max_events:
+            # A batch that alerted is flushed at once: the cases agent ranks its alert from these
+            # rows (and waits for them), so they should not wait for the flush interval.
+            if result.alerts or len(pending.events) >= settings.worker.flush_max_events:
                 await flush()
 
     @app.agent(registry_topic)

@@ -114,3 +114,43 @@ def test_the_worker_loads_the_configured_ranker_or_none(store: ClickHouseStore, 
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="format"):  # a bad file stops the worker at start
         alert_ranking(load_settings(ranking={"ranker_file": str(tmp_path / "bad.json")}), store, desk)
+
+
+def test_an_alert_is_ranked_once_the_events_that_raised_it_are_written(store: ClickHouseStore) -> None:
+    """The worker sends an alert before the next flush writes its batch's rows: the rank waits for
+    the trigger's row, so it reads the alarming events and not whatever was flushed so far."""
+    _complaints(store)
+    desk = _desk(store)
+    ranker = AlarmRanker.load(SHIPPED)
+    waiting = AlertRanking(ranker, AlarmContext(store, 120, 3650), desk.recalls_on, flush_wait_s=30)
+    at_once = AlertRanking(ranker, AlarmContext(store, 120, 3650), desk.recalls_on)
+    unflushed = []
+    for i in range(8):  # the alarming bucket's last complaints; the last one closed it
+        event = Event.model_validate(
+            {"event_id": f"late{i}", "kind": "complaint", "occurred_at": T0 + (50 + i) * DAY,
+             "model": "KT-100", "batch": "B05", "failure_mode": "heating_element"}
+        )  # fmt: skip
+        unflushed.append(event_row(event, _Src(500 + i), T0))
+    alert = {**ALERT, "trigger_event_id": "late7"}
+
+    async def flush_while_ranking() -> tuple[dict, dict]:
+        ranked = asyncio.create_task(waiting.rank(alert))
+        early = await at_once.rank(alert)  # no wait: misses the unflushed events
+        await asyncio.sleep(0.3)
+        assert not ranked.done()  # still waiting for the trigger's row
+        await asyncio.to_thread(store.insert, "events", unflushed)  # the flush
+        return early, await ranked
+
+    early, ranked = asyncio.run(flush_while_ranking())
+    assert ranked["score"] is not None and ranked["features"] != early["features"]
+    assert ranked == asyncio.run(at_once.rank(alert))  # what ranking after the flush gives
+
+
+def test_an_alert_whose_trigger_never_shows_is_ranked_on_what_is_there(store: ClickHouseStore) -> None:
+    _complaints(store)
+    desk = _desk(store)
+    ranking = AlertRanking(
+        AlarmRanker.load(SHIPPED), AlarmContext(store, 120, 3650), desk.recalls_on, flush_wait_s=0.2
+    )
+    ranked = asyncio.run(ranking.rank({**ALERT, "trigger_event_id": "never-written"}))
+    assert ranked["score"] is not None and ranked == asyncio.run(ranking.rank(ALERT))
