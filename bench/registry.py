@@ -8,10 +8,14 @@
    and scope resolutions of about 1 % of the units (``POST /v1/scopes/resolve``: by model and
    batches, by supplier lot, by line and production dates) go through HTTP, one at a time, with
    every serial and scope distinct so no cache answers twice.
-4. The API's resident memory is read from /proc after the load (``api_rss_mb``) with its peak
+4. Another ``--lookups`` distinct serials are looked up by ``--clients`` threads at once (a consumer
+   page during a recall): the rate the API sustains and the latency each caller sees meanwhile
+   (``lookup_concurrent_per_s``, ``lookup_concurrent_p50_ms``, ``lookup_concurrent_p99_ms``).
+5. The API's resident memory is read from /proc after the load (``api_rss_mb``) with its peak
    (``api_peak_rss_mb``).
 
-    python bench/registry.py [--units 10000000] [--lookups 2000] [--scopes 200] [--keep DIR [--reuse]]
+    python bench/registry.py [--units 10000000] [--lookups 2000] [--scopes 200] [--clients 8]
+                             [--keep DIR [--reuse]]
 
 ``--reuse`` skips the import and queries the database an earlier ``--keep DIR`` run left, whose
 parts that run's API has (mostly) merged: the steady state, as against the minute after an import.
