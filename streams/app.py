@@ -417,12 +417,22 @@ def create_app(
             }
             await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
 
-    async def reject(payload: bytes, reason: str) -> None:
-        """A message the case agents cannot read: to the dead-letter topic and the rejects table."""
+    async def reject(payload: bytes, reason: str, source: Any) -> None:
+        """A message the case agents cannot read: to the dead-letter topic and the rejects table,
+        under the topic, partition and offset it came from (a replay writes the same row again)."""
         log.error("rejected a case message: %s", reason)
-        await dlq_topic.send(value=payload, headers={"reason": reason.encode()[:4000]})
-        row = reject_row(k.alerts_topic, RawRecord(0, 0, clock(), payload), reason, clock())
-        row["reject_id"] = f"{k.alerts_topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
+        topic, partition, offset = (
+            (k.alerts_topic, 0, 0) if source is None else (source.topic, source.partition, source.offset)
+        )
+        headers = {
+            "reason": reason.encode()[:4000],
+            "src_topic": topic.encode(),
+            "src_offset": str(offset).encode(),
+        }
+        await dlq_topic.send(value=payload, headers=headers)
+        row = reject_row(topic, RawRecord(partition, offset, clock(), payload), reason, clock())
+        if source is None:  # no position to key it by: the payload is the next best thing
+            row["reject_id"] = f"{topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
         await insert("rejects", [row])
 
     def retry(what: str, action: Callable[[], Awaitable[T]]) -> Awaitable[T]:

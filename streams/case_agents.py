@@ -105,6 +105,12 @@ def reply_target(pos: ThreadPosition | None) -> ThreadRef | None:
     return None if pos is None or not pos.ts else ThreadRef(pos.channel, pos.ts)
 
 
+def _source(stream: faust.StreamT[bytes]) -> Any:
+    """The message being handled (topic, partition, offset), for its reject row."""
+    event = stream.current_event
+    return None if event is None else event.message
+
+
 def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
     return orjson.dumps({"event": event.to_dict(), "case": case})
 
@@ -117,7 +123,8 @@ class CaseAgentDeps:
     retry: Retry
     clock: Callable[[], float]
     stats: Any
-    reject: Callable[[bytes, str], Awaitable[None]]
+    # A message the agents cannot read, with the message's source (its topic, partition, offset).
+    reject: Callable[[bytes, str, Any], Awaitable[None]]
     # Best-effort rank of a new alert (streams/alert_ranking.py); None: alerts are not ranked.
     rank: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
@@ -143,7 +150,7 @@ def add_case_agents(
         async for raw in stream:
             item = decode_case_input(raw)
             if isinstance(item, Rejection):
-                await deps.reject(item.payload, item.reason)
+                await deps.reject(item.payload, item.reason, _source(stream))
                 continue
             if isinstance(item, Alert):
                 fields, at = item.to_dict(), deps.clock()
@@ -168,7 +175,7 @@ def add_case_agents(
         async for raw in stream:
             decoded = decode_case_event(raw)
             if isinstance(decoded, Rejection):
-                await deps.reject(decoded.payload, decoded.reason)
+                await deps.reject(decoded.payload, decoded.reason, _source(stream))
                 continue
             await post(*decoded)
 

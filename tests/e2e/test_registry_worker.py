@@ -109,6 +109,10 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
                 producer.send("rw.registry", key=event["serial"].encode(), value=orjson.dumps(event))
             for raw in BAD:
                 producer.send("rw.registry", key=b"bad", value=raw)
+            sent = [  # the same bad message twice: two messages, two rejects
+                producer.send("rw.alerts", key=b"case-x", value=b'{"alert_id": null}').get(timeout=30)
+                for _ in range(2)
+            ]
             producer.flush()
             # Shipments and the ownership change land in separate merges (KT-0003's events follow one
             # another on its partition, but another partition may finish first): wait for both.
@@ -132,6 +136,15 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
             assert any("a shipment event cannot set model" in r for r in reasons)
             assert any("unknown serial" in r for r in reasons)
             assert any("not JSON" in r for r in reasons)
+            # A message the case agents cannot read is kept under the topic and offset it came from.
+            case_sql = (
+                "SELECT `partition`, `offset`, reason FROM rejects FINAL WHERE topic = 'rw.alerts'"
+                " ORDER BY `offset`"
+            )
+            wait_for(lambda: len(query(url, tmp_path, case_sql)) >= 2)
+            kept = query(url, tmp_path, case_sql)
+            assert [(r["partition"], r["offset"]) for r in kept] == [(m.partition, m.offset) for m in sent]
+            assert all("neither an alert nor a case command" in r["reason"] for r in kept)
 
             pop_sql = (
                 "SELECT batch, max(units) AS n FROM events FINAL WHERE kind = 'population'"
