@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
@@ -59,6 +62,13 @@ def create_api(
     async def _store_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
         # An outage of the store is not the caller's fault; say so plainly and ask to retry.
         return JSONResponse(status_code=503, content={"detail": f"ClickHouse unavailable: {exc}"})
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the offending input, and Python's JSON parser reads NaN and
+        # Infinity, which Starlette's JSONResponse refuses to write: a body holding them was a 500.
+        detail = _finite(jsonable_encoder(exc.errors()))
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @api.get("/health")
     def health() -> dict[str, Any]:
@@ -130,6 +140,17 @@ def create_api(
     # No API key on Slack's requests: the router checks Slack's signature instead.
     api.include_router(slack_router(case_bus, slack_signing_secret, policy))
     return api
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and Infinity as strings: JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _with_link(row: dict[str, Any], public_url: str) -> dict[str, Any]:

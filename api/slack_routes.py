@@ -27,6 +27,9 @@ from sinks.slack import verify_slack_signature
 
 log = logging.getLogger("recallwatch.slack")
 _CASE_ID = re.compile(r"^case-[0-9a-f]{20}$")
+# Slack's timestamps are epoch seconds. Anything else is not Slack's, and a 400-digit number would
+# overflow the staleness check (a float minus an int too large for a float) instead of failing it.
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 SLACK_ROLE = "quality"  # a Slack user acts with the quality team's rights (see core.access)
 ACTIONS: Mapping[str, tuple[str, dict[str, Any], str] | None] = {
     # action_id -> (command kind, args, reason); None: nothing to do
@@ -60,12 +63,12 @@ def slack_router(
             raise HTTPException(
                 status_code=401, detail="missing X-Slack-Request-Timestamp or X-Slack-Signature"
             )
-        if not verify_slack_signature(signing_secret, ts, body, sig, now=clock()):
+        if not _TIMESTAMP.match(ts) or not verify_slack_signature(signing_secret, ts, body, sig, now=clock()):
             raise HTTPException(status_code=401, detail="bad or stale Slack signature")
         payload = _payload(body)
         action = payload["actions"][0]
         action_id = action.get("action_id")
-        if action_id not in ACTIONS:
+        if not isinstance(action_id, str) or action_id not in ACTIONS:  # a list or object is unhashable
             raise HTTPException(status_code=400, detail=f"unknown action {action_id!r}")
         todo = ACTIONS[action_id]
         if todo is None:

@@ -44,7 +44,10 @@ class Scope(BaseModel):
             model = data.pop("model")
             if not isinstance(model, str):
                 raise ValueError("model must be a string (use models for a list)")
-            data["models"] = [*(data.get("models") or []), model]
+            models = data.get("models") or []
+            if not isinstance(models, list):  # `[*models]` would split a string and fail on a number
+                raise ValueError("models must be a list of names")
+            data["models"] = [*models, model]
         return data
 
     @model_validator(mode="after")
@@ -77,5 +80,8 @@ def _epoch(value: datetime | date | None, *, end: bool) -> int | None:
         return int(value.timestamp())
     day = datetime.combine(value, time(), tzinfo=UTC)
     if end:
-        day += timedelta(days=1)
+        try:
+            day += timedelta(days=1)
+        except OverflowError:  # the day after 9999-12-31: a ValueError, so the caller gets a 422
+            raise ValueError("dates in a scope must be before 9999-12-31") from None
     return int(day.timestamp())
