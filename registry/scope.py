@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Names = Annotated[list[Name], Field(min_length=1, max_length=10_000)]
@@ -34,6 +34,21 @@ class Scope(BaseModel):
     produced_to: date | datetime | None = None
     shipped_from: date | datetime | None = None
     shipped_to: date | datetime | None = None
+
+    @field_validator("produced_from", "produced_to", "shipped_from", "shipped_to", mode="before")
+    @classmethod
+    def _zoned_time_is_an_instant(cls, value: Any) -> Any:
+        # Left to pydantic, any midnight reads as a plain date, zone and all:
+        # "2024-03-01T00:00:00+05:00" became the whole UTC day of March 1, five hours off and a day
+        # wide. A time with a zone is an instant; only a naive midnight means the whole day.
+        if isinstance(value, str) and len(value) > 10:
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return value  # pydantic's message says what is wrong with it
+            if parsed.tzinfo is not None:
+                return parsed
+        return value
 
     @model_validator(mode="before")
     @classmethod
