@@ -195,6 +195,20 @@ class PendingFlush:
         self.dirty = {}
         return taken
 
+    def put_back(self, work: PendingFlush, acked: int) -> None:
+        """A flush that failed after ``acked`` of its events: back in front of what came since.
+
+        Dropped, its events would never be acked (the partition's commit stuck behind them) while
+        their cells, persisted by a later flush, would skip them on replay: their rows would never
+        be written. Put back, the next flush writes them again (rows are keyed, so idempotent).
+        """
+        self.events[:0] = work.events[acked:]
+        self.event_rows[:0] = work.event_rows
+        self.rate_rows[:0] = work.rate_rows
+        self.reject_rows[:0] = work.reject_rows
+        self.alert_rows[:0] = work.alert_rows
+        self.dirty = {**work.dirty, **self.dirty}
+
 
 def create_app(
     settings: Settings,
@@ -281,19 +295,26 @@ def create_app(
                     return
                 work = pending.take()
                 snapshots = {key: (partition, cells.snapshot(key)) for key, partition in work.dirty.items()}
-            await insert_columns("events", EVENT_SCHEMA, work.event_rows)
-            await insert_columns("rates", RATE_SCHEMA, work.rate_rows)
-            await insert("rejects", work.reject_rows)
-            await insert("alerts", work.alert_rows)
-            for key, (partition, snapshot) in snapshots.items():
-                cells.persist(key, partition, snapshot)
-            ack = work.stream.ack
-            last: dict[int, int] = {}
-            for event in work.events:
-                await ack(event)
-                message = event.message
-                if message.offset > last.get(message.partition, -1):
-                    last[message.partition] = message.offset
+            acked = 0
+            try:
+                await insert_columns("events", EVENT_SCHEMA, work.event_rows)
+                await insert_columns("rates", RATE_SCHEMA, work.rate_rows)
+                await insert("rejects", work.reject_rows)
+                await insert("alerts", work.alert_rows)
+                for key, (partition, snapshot) in snapshots.items():
+                    cells.persist(key, partition, snapshot)
+                ack = work.stream.ack
+                last: dict[int, int] = {}
+                for event in work.events:
+                    await ack(event)
+                    acked += 1
+                    message = event.message
+                    if message.offset > last.get(message.partition, -1):
+                        last[message.partition] = message.offset
+            except Exception:
+                async with process_lock:
+                    pending.put_back(work, acked)
+                raise
             # Per-partition high offsets make a gap in processing visible in the logs.
             log.info(
                 "flushed %d events and %d cells; last offsets %s", len(work.events), len(snapshots), last
