@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cases.commands import Command, CommandRefused, UnknownCase, execute, overdue_commands
@@ -69,10 +69,11 @@ class CaseDesk:
             self._store_or_forget([outcome.event])
             return [outcome.event]
 
-    def holds_alert(self, alert: Mapping[str, Any]) -> bool:
-        """Whether the alert is on its case already (recorded as opening, evidence or muted)."""
+    def unheld(self, alerts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The alerts no case holds yet (none recorded them as opening, evidence or muted)."""
         with self._lock:
-            return self.refresh().holds_alert(alert)
+            book = self.refresh()
+            return [alert for alert in alerts if not book.holds_alert(alert)]
 
     def recalls_on(self, model: str, failure_mode: str, batch: str) -> int:
         """Cases decided as recalls on the same model and failure mode in the model's other batches:

@@ -263,15 +263,6 @@ class RegistryStore:
         )
         return (int(row[0]["at"]), int(row[0]["n"])) if row else (0, 0)
 
-    def units_in_field(self, model: str, batch: str, at: int) -> int:
-        """Units of a (model, batch) shipped by ``at``: the registry's rate denominator."""
-        row = self.store.query(
-            "SELECT count() AS n FROM units FINAL WHERE model = {m} AND batch = {b}"
-            " AND shipped_at > 0 AND shipped_at <= {at}",
-            {"m": model, "b": batch, "at": int(at)},
-        )
-        return int(row[0]["n"])
-
     def field_population(self) -> list[dict[str, Any]]:
         """Per (model, batch): units shipped so far and when the latest one shipped."""
         return self.store.query(

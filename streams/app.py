@@ -367,7 +367,10 @@ def create_app(
             # A batch that alerted is flushed at once: the cases agent ranks its alert from these
             # rows (and waits for them), so they should not wait for the flush interval.
             if result.alerts or len(pending.events) >= settings.worker.flush_max_events:
-                await flush()
+                try:
+                    await flush()
+                except Exception:  # its work is put back: the flusher's next round retries it
+                    log.exception("flush failed")
 
     @app.agent(registry_topic)
     async def registry_updates(stream: faust.StreamT[bytes]) -> None:

@@ -81,7 +81,7 @@ class PeerScanner:
         )
         self.scan.restore(rows)
         self.restored = True
-        unsent = [alert_from_row(row) for row in rows if not self.desk.holds_alert(row)]
+        unsent = [alert_from_row(row) for row in self.desk.unheld(rows)]
         if unsent:
             log.warning("peer scan: %d alerts written but on no case, sending them again", len(unsent))
         return unsent

@@ -152,7 +152,7 @@ def test_resolve_ranges_breakdowns_and_lots(registry: RegistryStore, tmp_path: P
     pages = list(registry.iter_units(Scope(models=["A", "B"]), contacts=False, page=7))
     assert [len(p) for p in pages] == [7, 7, 7, 3]
     assert "customer_email" not in pages[0][0]
-    assert registry.units_in_field("A", "A2", at=NOW) == 9
+    assert registry.cell_population("A", "A2")[1] == 9
 
 
 def test_a_cells_population_counts_every_shipped_unit_up_to_its_latest_shipment(
