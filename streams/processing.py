@@ -34,6 +34,8 @@ class SourceRecord(Protocol):
     def timestamp(self) -> float: ...  # broker/producer timestamp, epoch seconds
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def key(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class RawRecord:
     offset: int
     timestamp: float  # broker/producer timestamp, epoch seconds
     value: bytes | None
+    key: bytes | None = None
 
 
 # The ``events`` and ``rates`` rows, the bulk of what a worker writes, travel as tuples in these
@@ -193,10 +196,17 @@ def process_batch(
             result.dead_letters.append((record, decoded.reason))
             result.reject_rows.append(reject_row(topic, record, decoded.reason, now))
             continue
+        key = decoded.cell_key
+        if record.key != key.encode():
+            # A cell's events must share a partition (its state, its replay dedup and its changelog
+            # are per partition): keyed otherwise, or not at all, they would split it in two.
+            reason = f"the message key must be the event's {key!r} (model|batch), not {record.key!r:.140}"
+            result.dead_letters.append((record, reason))
+            result.reject_rows.append(reject_row(topic, record, reason, now))
+            continue
         # Rows go out for replayed events too: the sink deduplicates, and a crash between the
         # state's changelog write and the sink write must not leave the row missing.
         event_rows.append(event_values(decoded, record, ingested_at))
-        key = decoded.cell_key
         state = batch_cells.get(key)
         if state is None:
             state = cells.get(key)

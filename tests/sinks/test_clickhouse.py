@@ -477,7 +477,9 @@ def _worker_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     from streams.simulator import SimulationConfig, Simulator
 
     events = [e for _, batch in Simulator(SimulationConfig(seed=4, days=45)).run() for e in batch]
-    records = [RawRecord(5, 2**40 + i, 0.0, encode_event(e)) for i, e in enumerate(events)]
+    records = [
+        RawRecord(5, 2**40 + i, 0.0, encode_event(e), e.cell_key.encode()) for i, e in enumerate(events)
+    ]
     result = process_batch(records, {}, load_settings().detection.to_core(), "rw.events", now=T0)
     edge = dict(SAMPLE_ROWS["rates"][0], units_in_field=2**64 - 1, window_rate_per_1000=1e-300)
     assert list(edge) == RATE_SCHEMA.names  # so its values are a row in column order

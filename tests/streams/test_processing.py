@@ -23,7 +23,8 @@ def records_for(days: int, seed: int = 1, defect: bool = True) -> list[RawRecord
     out = []
     for _, events in Simulator(cfg).run():
         for e in events:
-            out.append(RawRecord(0, len(out), 0.0, orjson.dumps(e.model_dump(mode="json"))))
+            value = orjson.dumps(e.model_dump(mode="json"))
+            out.append(RawRecord(0, len(out), 0.0, value, e.cell_key.encode()))
     return out
 
 
@@ -109,3 +110,19 @@ def test_alerts_and_case_commands_decode_and_garbage_is_a_rejection_not_a_crash(
     bad_commands = [b'{"type": "case_command", "command": {"kind": "explode"}}', b'{"type": "case_command"}']
     for bad in (b"", b"{", b"[]", b'{"alert_id": "x"}', None, *bad_commands):
         assert isinstance(decode_case_input(bad), Rejection)
+
+
+def test_an_event_keyed_other_than_its_cell_is_dead_lettered() -> None:
+    """A cell's events must share a partition; a producer that keys them otherwise (or not at all)
+    would split the cell's state in two, so such events are refused with the reason."""
+    good = records_for(3)[0]
+    value = good.value
+    records = [
+        RawRecord(0, 0, 0.0, value, None),
+        RawRecord(0, 1, 0.0, value, b"some-serial"),
+        RawRecord(0, 2, 0.0, value, good.key),
+    ]
+    result = process_batch(records, {}, DetectionConfig(), "rw.events", now=1_700_000_000.0)
+    assert [r.offset for r, _ in result.dead_letters] == [0, 1]
+    assert all("message key must be the event's" in why for _, why in result.dead_letters)
+    assert len(result.event_rows) == 1 and [r["offset"] for r in result.reject_rows] == [0, 1]
