@@ -86,23 +86,51 @@ def severity_of(row: dict[str, str]) -> int:
     )
 
 
-def read_events(path: Path) -> list[HistoryEvent]:
+class HistoryFileError(ValueError):
+    """A history file the backtest cannot read: the message names the file, the line and why."""
+
+
+EVENT_COLUMNS = ("event_id", "occurred_at", "model", "batch", "component")
+TRUTH_COLUMNS = ("model", "batch", "component", "recall_date")
+
+
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Each row with its line (the header is line 1), after checking the header has ``required``."""
     with path.open(newline="") as f:
-        rows = [
-            HistoryEvent(epoch(r["occurred_at"]), r["model"].strip(), r["batch"].strip(),
-                         r["component"].strip(), r["event_id"], severity_of(r))
-            for r in csv.DictReader(f)
-        ]  # fmt: skip
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or ())]
+        if missing:
+            raise HistoryFileError(f"{path}: no column {', '.join(missing)} (needs {', '.join(required)})")
+        for row in reader:
+            yield reader.line_num, row
+
+
+def read_events(path: Path) -> list[HistoryEvent]:
+    rows = []
+    for line, r in _csv_rows(path, EVENT_COLUMNS):
+        try:
+            component = r["component"].strip()
+            if component == ALL_MODES:  # the name of the all-components sub-cell: counted twice there
+                raise ValueError(f"component {ALL_MODES!r} is reserved for all components together")
+            rows.append(
+                HistoryEvent(epoch(r["occurred_at"]), r["model"].strip(), r["batch"].strip(), component,
+                             r["event_id"], severity_of(r))
+            )  # fmt: skip
+        except (ValueError, AttributeError) as exc:  # AttributeError: a short row's missing cells
+            raise HistoryFileError(f"{path}:{line}: {exc}") from None
     rows.sort(key=lambda e: (e.t, e.event_id))  # event time, ties in a fixed order: deterministic
     return rows
 
 
 def read_truth(path: Path) -> dict[Key, list[int]]:
-    with path.open(newline="") as f:
-        return by_key(
-            ((r["model"].strip(), r["batch"].strip(), r["component"].strip()), epoch(r["recall_date"]))
-            for r in csv.DictReader(f)
-        )
+    recalls = []
+    for line, r in _csv_rows(path, TRUTH_COLUMNS):
+        try:
+            key = (r["model"].strip(), r["batch"].strip(), r["component"].strip())
+            recalls.append((key, epoch(r["recall_date"])))
+        except (ValueError, AttributeError) as exc:
+            raise HistoryFileError(f"{path}:{line}: {exc}") from None
+    return by_key(recalls)
 
 
 @dataclass(frozen=True)

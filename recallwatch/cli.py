@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -299,6 +301,23 @@ def publish_populations(settings: Settings, population: list[dict[str, Any]]) ->
     return len(population)
 
 
+def reads_history(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A history file the command cannot read is the user's to fix: its FILE:LINE and why, exit 2."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from recallwatch.backtest import HistoryFileError
+
+        try:
+            return command(args)
+        except (HistoryFileError, FileNotFoundError) as exc:
+            print(f"recallwatch {args.command}: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@reads_history
 def cmd_backtest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -349,6 +368,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+@reads_history
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -393,6 +413,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+@reads_history
 def cmd_train_ranker(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
     from pathlib import Path

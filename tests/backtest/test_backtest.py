@@ -165,3 +165,32 @@ def test_history_event_order_is_deterministic(tmp_path: Path) -> None:
     events = read_events(events_path)
     assert events == sorted(events, key=lambda e: (e.t, e.event_id))
     assert isinstance(events[0], HistoryEvent)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("event_id,occurred_at,model,batch\ne1,2020-01-01,A,2020\n", "no column component"),
+        (
+            "event_id,occurred_at,model,batch,component\ne1,2020-01-01,A,2020,BRAKES\ne2,soon,A,2020,BRAKES\n",
+            "events.csv:3: Invalid isoformat string: 'soon'",
+        ),
+        ("event_id,occurred_at,model,batch,component\ne1,2020-01-01,A,2020\n", "events.csv:2: "),
+        ("event_id,occurred_at,model,batch,component\ne1,2020-01-01,A,2020,*\n", "'*' is reserved"),
+    ],
+)
+def test_a_history_file_it_cannot_read_is_named_with_its_line(
+    tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recallwatch.cli import main
+
+    events = tmp_path / "events.csv"
+    events.write_text(text)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("model,batch,component,recall_date\nA,2020,BRAKES,2021-01-01\n")
+    with pytest.raises(ValueError, match=message.replace("*", r"\*")):
+        read_events(events)
+    code = main(
+        ["backtest", "--events", str(events), "--truth", str(truth), "--alarms-out", str(tmp_path / "a.csv")]
+    )
+    assert code == 2 and message in capsys.readouterr().err  # a message, not a traceback
