@@ -249,16 +249,18 @@ class CaseBook:
 
     def holds_alert(self, alert_fields: Mapping[str, Any]) -> bool:
         """Whether an event on the alert's case already records it (by alert id)."""
-        alert_id = str(alert_fields.get("alert_id") or "")
         cid = case_id_for(SignalIdentity.from_alert(alert_fields))
-        return bool(alert_id) and alert_id in self._alert_ids.get(cid, ())
+        return self._holds(cid, str(alert_fields.get("alert_id") or ""))
+
+    def _holds(self, case_id: str, alert_id: str) -> bool:
+        return bool(alert_id) and alert_id in self._alert_ids.get(case_id, ())
 
     def on_alert(self, alert_fields: Mapping[str, Any], at: float) -> AlertOutcome:
         """Decide what an alert does to its case, record it as an event, and return what happened."""
         identity = SignalIdentity.from_alert(alert_fields)
         cid = case_id_for(identity)
         alert_id = str(alert_fields.get("alert_id") or "")
-        if alert_id and alert_id in self._alert_ids.get(cid, ()):
+        if self._holds(cid, alert_id):
             return AlertOutcome(Outcome.DUPLICATE, cid, identity, None)
         case = self._cases.get(cid) or Case(cid)
         data: dict[str, Any] = {"identity": identity.to_list(), "alert": dict(alert_fields)}

@@ -249,6 +249,17 @@ class RegistryStore:
                 return
             after = rows[-1]["serial"]
 
+    def field_population(self, cell: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+        """Per (model, batch), or for one: units shipped so far and when the latest one shipped."""
+        where, params = "", None
+        if cell is not None:
+            where, params = " AND model = {m} AND batch = {b}", {"m": cell[0], "b": cell[1]}
+        return self.store.query(
+            "SELECT model, batch, max(shipped_at) AS at, count() AS units FROM units FINAL"
+            f" WHERE shipped_at > 0{where} GROUP BY model, batch ORDER BY model, batch",
+            params,
+        )
+
     def cell_population(self, model: str, batch: str) -> tuple[int, int]:
         """A (model, batch)'s latest shipment time and its units shipped by then (all shipped units).
 
@@ -256,19 +267,8 @@ class RegistryStore:
         prompted the count: a back-dated shipment would otherwise send a count as of its own date
         and set the cell's denominator back to fewer units than are in the field.
         """
-        row = self.store.query(
-            "SELECT max(shipped_at) AS at, count() AS n FROM units FINAL"
-            " WHERE model = {m} AND batch = {b} AND shipped_at > 0",
-            {"m": model, "b": batch},
-        )
-        return (int(row[0]["at"]), int(row[0]["n"])) if row else (0, 0)
-
-    def field_population(self) -> list[dict[str, Any]]:
-        """Per (model, batch): units shipped so far and when the latest one shipped."""
-        return self.store.query(
-            "SELECT model, batch, max(shipped_at) AS at, count() AS units FROM units FINAL"
-            " WHERE shipped_at > 0 GROUP BY model, batch ORDER BY model, batch"
-        )
+        rows = self.field_population((model, batch))
+        return (int(rows[0]["at"]), int(rows[0]["units"])) if rows else (0, 0)
 
 
 def _merged(col: str, present: set[str]) -> str:

@@ -160,9 +160,10 @@ def verify_slack_signature(
     """
     try:
         ts = int(timestamp)
-    except (TypeError, ValueError):
+        stale = abs(now - ts) > tolerance_s  # OverflowError: an int too large to compare as a float
+    except (TypeError, ValueError, OverflowError):
         return False
-    if abs(now - ts) > tolerance_s:
+    if stale:
         return False
     base = b"v0:" + timestamp.encode() + b":" + body
     expected = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()

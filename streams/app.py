@@ -338,12 +338,17 @@ def create_app(
     async def flush_forever() -> None:
         while True:
             await asyncio.sleep(settings.worker.flush_interval_s)
-            try:
-                await flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the only flusher die; the next round retries
-                log.exception("flush failed")
+            await flush_or_log()
+
+    async def flush_or_log() -> None:
+        """A flush whose failure ends neither the flusher nor the agent: its work is put back, and
+        the next flush retries it."""
+        try:
+            await flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("flush failed")
 
     async def consume(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.noack_take(settings.worker.batch_max, settings.worker.batch_within_s):
@@ -367,10 +372,7 @@ def create_app(
             # A batch that alerted is flushed at once: the cases agent ranks its alert from these
             # rows (and waits for them), so they should not wait for the flush interval.
             if result.alerts or len(pending.events) >= settings.worker.flush_max_events:
-                try:
-                    await flush()
-                except Exception:  # its work is put back: the flusher's next round retries it
-                    log.exception("flush failed")
+                await flush_or_log()
 
     @app.agent(registry_topic)
     async def registry_updates(stream: faust.StreamT[bytes]) -> None:
