@@ -16,11 +16,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from core.access import AccessPolicy
 from registry.scope import Scope
-from registry.units import CONTACT_FIELDS, TIME_FIELDS, format_lots
+from registry.units import CONTACT_FIELDS, CONTROL_CHARS, TIME_FIELDS, format_lots
 from sinks.case_store import ConcernIndex
 from sinks.registry_store import STORED_FIELDS, RegistryStore
 
-_SERIAL = re.compile(r"^[^\x00-\x1f]{1,128}$")
+_SERIAL = re.compile(rf"^[^{CONTROL_CHARS}]{{1,128}}$")
 
 
 def registry_router(
@@ -42,7 +42,7 @@ def registry_router(
     @router.get("/v1/units/{serial:path}")
     def unit(serial: str, role: InlineRole) -> Response:
         """A unit's record, its complaint/repair/return history and what concerns it now."""
-        if not _SERIAL.match(serial):
+        if not _SERIAL.fullmatch(serial):  # match() lets a trailing newline through
             raise HTTPException(status_code=422, detail="serial must be 1-128 printable characters")
         row = registry.unit(serial)
         if row is None:

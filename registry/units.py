@@ -20,6 +20,9 @@ TIME_FIELDS = ("produced_at", "shipped_at", "sold_at")
 CONTACT_FIELDS = ("customer_phone", "customer_email", "member_id")
 
 MAX_TEXT = 128
+# Control characters (Unicode category Cc: C0, DEL and C1) as a regex class body. Names and serials
+# never hold them: they key cells and topics, print on notices and Slack, and fill CSV exports.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"
 MAX_LOTS = 64
 
 

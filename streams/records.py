@@ -17,11 +17,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.alerts import ALL_MODES
+from registry.units import CONTROL_CHARS
 
 INCIDENT_KINDS = ("complaint", "repair", "return")
 MIN_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
-NAME = r"^[^|\x00-\x1f]{1,128}$"
+NAME = rf"^[^|{CONTROL_CHARS}]{{1,128}}$"
+SERIAL = rf"^[^{CONTROL_CHARS}]{{0,128}}$"  # empty: an event about no one unit
 
 
 class Severity(BaseModel):
@@ -42,7 +44,7 @@ class Event(BaseModel):
     occurred_at: datetime
     model: str = Field(pattern=NAME)
     batch: str = Field(pattern=NAME)
-    serial: str = Field(default="", max_length=128)
+    serial: str = Field(default="", pattern=SERIAL)
     failure_mode: str = Field(default="", max_length=128)
     component: str = Field(default="", max_length=128)
     severity: Severity = Severity()
@@ -183,6 +185,7 @@ _KINDS = frozenset(("complaint", "repair", "return", "shipment", "population"))
 # write: any other offset goes the model's way.
 _UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)")
 _NAME = re.compile(NAME[1:-1])  # fullmatch: the model's regex engine reads ``$`` as the very end
+_SERIAL = re.compile(SERIAL[1:-1])
 _ABSENT: Any = object()
 _known_names: set[str] = set()  # model and batch names seen valid: a few hundred, met over and over
 
@@ -217,7 +220,7 @@ def _canonical_fields(d: dict[str, Any]) -> EventFields | None:
         and type(batch) is str
         and _is_name(batch)
         and type(serial) is str
-        and len(serial) <= 128
+        and _SERIAL.fullmatch(serial) is not None
         and type(failure_mode) is str
         and len(failure_mode) <= 128
         and type(component) is str

@@ -19,6 +19,9 @@ def check(**columns: list[str]) -> tuple[list[dict], list[tuple[int, str]]]:
         ("serial", "", "serial is empty"),
         ("serial", "x" * 129, "serial is longer than 128 characters"),
         ("serial", "a\tb", "serial contains control characters"),
+        ("serial", "a\x7fb", "serial contains control characters"),  # DEL
+        ("serial", "a\u0085b", "serial contains control characters"),  # C1: bytes c2 85 in UTF-8
+        ("batch", "B\u009f", "batch contains control characters"),
         ("model", "M|1", "model contains '|'"),
         ("produced_at", "2024-02-30", "produced_at is not a date"),
         ("produced_at", "2024-05-01T10:00:00", "produced_at is not a date"),  # no zone: refused, not guessed
@@ -43,6 +46,13 @@ def test_each_rule_rejects_with_its_reason_and_line(column: str, value: str, rea
     assert [r["serial"] for r in rows] == ["SN-0"]
     assert len(rejects) == 1 and rejects[0][0] == 3 and rejects[0][1].startswith(reason), rejects
     # The first row passes: one bad cell never takes its neighbours with it.
+
+
+def test_latin_and_other_scripts_are_not_control_characters() -> None:
+    # U+00A0..U+00FF share the lead byte c2/c3 with C1 controls; only c2 80..9f is one.
+    names = ["Zürich", "SN-°1", "N\u00a0B", "Ωμέγα", "東京", "A\u2028B"]
+    rows, rejects = check(serial=names, model=names, batch=names)
+    assert rejects == [] and [r["serial"] for r in rows] == names
 
 
 def test_good_rows_are_typed() -> None:

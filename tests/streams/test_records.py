@@ -37,6 +37,9 @@ def test_a_good_event_round_trips():
         ({"surprise": 1}, "Extra inputs"),
         ({"kind": "shipment", "units": 0}, "units > 0"),
         ({"units": -5}, "units"),
+        ({"serial": "SN\x7f1"}, "serial"),  # control characters: C0, DEL and C1
+        ({"serial": "SN\u00851"}, "serial"),
+        ({"model": "KT\u009f"}, "model"),
     ],
 )
 def test_invalid_events_are_rejected_with_the_reason(change, reason):
@@ -61,7 +64,11 @@ TIMES = [
     "٢٠٢٥-03-01T10:00:00Z", "2025-03-01", "", "2025-03-01T10:00:00z", 1740823200, 1740823200.5,
     "1740823200", None,
 ]  # fmt: skip
-NAMES = ["KT-100", "", "a|b", "x" * 128, "x" * 129, "a\n", "\n", "a\x1f", "snow ☃", "a\x7f", 5, None, ["a"]]
+NAMES = [
+    "KT-100", "", "a|b", "x" * 128, "x" * 129, "a\n", "\n", "a\x1f", "snow ☃", "a\x7f", "a\u0085", "Zürich",
+    5, None, ["a"],
+]  # fmt: skip
+SERIALS = ["", "SN-1", "x" * 128, "x" * 129, "a\n", "a\t", "a\x7f", "a\u009f", "N°1", 5, None]
 TEXTS = ["", "power_cord", "x" * 64, "x" * 65, "x" * 128, "x" * 129, 5, None, True, {"a": 1}]
 VARIANTS: dict[str, list[object]] = {
     "event_id": ["e1", "", "x" * 200, "x" * 201, 7, None, 1.5],
@@ -69,7 +76,7 @@ VARIANTS: dict[str, list[object]] = {
     "occurred_at": TIMES,
     "model": NAMES,
     "batch": NAMES,
-    "serial": TEXTS,
+    "serial": SERIALS,
     "failure_mode": TEXTS,
     "component": TEXTS,
     "region": TEXTS,
