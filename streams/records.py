@@ -23,7 +23,7 @@ INCIDENT_KINDS = ("complaint", "repair", "return")
 MIN_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 NAME = rf"^[^|{CONTROL_CHARS}]{{1,128}}$"
-SERIAL = rf"^[^{CONTROL_CHARS}]{{0,128}}$"  # empty: an event about no one unit
+_NO_CONTROL = re.compile(f"[^{CONTROL_CHARS}]*")
 
 
 class Severity(BaseModel):
@@ -44,7 +44,7 @@ class Event(BaseModel):
     occurred_at: datetime
     model: str = Field(pattern=NAME)
     batch: str = Field(pattern=NAME)
-    serial: str = Field(default="", pattern=SERIAL)
+    serial: str = Field(default="", max_length=128)  # "": about no one unit
     failure_mode: str = Field(default="", max_length=128)
     component: str = Field(default="", max_length=128)
     severity: Severity = Severity()
@@ -57,6 +57,13 @@ class Event(BaseModel):
         # Lax int would read true as 1: a shipment of ``true`` units is a producer bug, not one unit.
         if isinstance(value, bool):
             raise ValueError("units must be a number, not true/false")
+        return value
+
+    @field_validator("serial")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _NO_CONTROL.fullmatch(value) is None:
+            raise ValueError("serial contains control characters")
         return value
 
     @field_validator("occurred_at")
@@ -185,7 +192,6 @@ _KINDS = frozenset(("complaint", "repair", "return", "shipment", "population"))
 # write: any other offset goes the model's way.
 _UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)")
 _NAME = re.compile(NAME[1:-1])  # fullmatch: the model's regex engine reads ``$`` as the very end
-_SERIAL = re.compile(SERIAL[1:-1])
 _ABSENT: Any = object()
 _known_names: set[str] = set()  # model and batch names seen valid: a few hundred, met over and over
 
@@ -220,7 +226,8 @@ def _canonical_fields(d: dict[str, Any]) -> EventFields | None:
         and type(batch) is str
         and _is_name(batch)
         and type(serial) is str
-        and _SERIAL.fullmatch(serial) is not None
+        and len(serial) <= 128
+        and _NO_CONTROL.fullmatch(serial) is not None
         and type(failure_mode) is str
         and len(failure_mode) <= 128
         and type(component) is str
