@@ -10,14 +10,20 @@ Every Slack call goes through :func:`sinks.slack.call_slack`: transient failures
 with capped backoff, so a caller that awaits ``deliver`` for each event in turn queues behind an
 outage and delivers everything, in order, when Slack returns. Permanent errors raise
 :class:`SlackPermanentError` for the caller to record.
+
+Posting survives a crash between Slack's answer and the caller saving the thread: every root and
+reply carries message metadata (:data:`CASE_EVENT_METADATA`, the case id and the event's seq), so
+before a case's first root the channel's recent history is searched for a root already posted for
+it, and, when the caller asks (``check_posted``), a thread's replies for the event's own reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -27,6 +33,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from sinks.slack import RetryPolicy, SlackPermanentError, call_slack, escape_mrkdwn, header_text, web_client
 
 __all__ = [
+    "CASE_EVENT_METADATA",
     "ConsoleThreadNotifier",
     "SlackPermanentError",
     "SlackThreadNotifier",
@@ -44,6 +51,17 @@ log = logging.getLogger(__name__)
 _LINE_MAX_CHARS = 300
 _FIELD_MAX_CHARS = 300
 
+# The metadata event type of every message this module posts; its payload is {case_id, seq}.
+CASE_EVENT_METADATA = "recallwatch_case_event"
+# Clocks differ (ours stamps the case, Slack stamps the post), so history is read from a little
+# before the case opened.
+_LOOKBACK_MARGIN_S = 3600.0
+_PAGE_SIZE = 200
+# A lost root or reply was posted just before the crash, so it is among the newest messages; the
+# bounds keep a busy channel or a long thread from costing unbounded calls (past them: post again).
+_MAX_HISTORY_PAGES = 5
+_MAX_REPLY_PAGES = 5
+
 
 @dataclass(frozen=True)
 class ThreadRef:
@@ -55,8 +73,30 @@ class ThreadRef:
 
 class ThreadNotifier(Protocol):
     async def deliver(
-        self, case: dict[str, Any], event: dict[str, Any], thread: ThreadRef | None
+        self,
+        case: dict[str, Any],
+        event: dict[str, Any],
+        thread: ThreadRef | None,
+        *,
+        check_posted: bool = False,
     ) -> ThreadRef: ...
+
+
+def case_event_metadata(case_id: str, seq: int) -> dict[str, Any]:
+    """The metadata of a message posted for event ``seq`` of case ``case_id``."""
+    return {"event_type": CASE_EVENT_METADATA, "event_payload": {"case_id": case_id, "seq": seq}}
+
+
+def posted_seq(message: Mapping[str, Any], case_id: str) -> int | None:
+    """The seq ``message`` was posted for, when its metadata says it belongs to case ``case_id``."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, Mapping) or metadata.get("event_type") != CASE_EVENT_METADATA:
+        return None
+    payload = metadata.get("event_payload")
+    if not isinstance(payload, Mapping) or payload.get("case_id") != case_id:
+        return None
+    seq = payload.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 # --- text helpers ------------------------------------------------------------------------------
@@ -331,25 +371,42 @@ class SlackThreadNotifier:
         self.api_base_url = api_base_url.rstrip("/")
         self._policy = RetryPolicy(initial_backoff_s, max_backoff_s, sleep)
         self.client = web_client(token, base_url, timeout_s)
+        # conversations.history takes a channel id only: a "#name" is known by its id once a root
+        # post in it has been answered.
+        self._channel_id: str | None = None if channel.startswith("#") else channel
+        self._warned: set[str] = set()
 
     def case_url(self, case_id: str) -> str:
         return f"{self.api_base_url}/v1/cases/{case_id}"
 
     async def deliver(
-        self, case: dict[str, Any], event: dict[str, Any], thread: ThreadRef | None
+        self,
+        case: dict[str, Any],
+        event: dict[str, Any],
+        thread: ThreadRef | None,
+        *,
+        check_posted: bool = False,
     ) -> ThreadRef:
         """Post ``event`` of ``case`` (the case as of that event); returns the case's thread.
 
-        ``thread`` is what an earlier call returned for this case, None for its first event. Await
-        calls one at a time per case: each returns only once Slack has everything. On a permanent
-        error the raised SlackPermanentError carries the thread if its root was already posted.
+        ``thread`` is what an earlier call returned for this case, None for its first event: then
+        a root already posted for the case (by a process that died before saving it) is adopted,
+        not posted again. ``check_posted`` says the caller cannot know whether this event's reply
+        went out before a crash: the thread is searched for it first. Await calls one at a time per
+        case: each returns only once Slack has everything. On a permanent error the raised
+        SlackPermanentError carries the thread if its root was already posted.
         """
-        posted_root = thread is None
+        posted_root = False
         try:
             if thread is None:
-                thread = await self._post_root(case)
+                thread = await self._find_root(case, event)
+                check_posted = check_posted or thread is not None
+            if thread is None:
+                thread = await self._post_root(case, event)
+                posted_root = True
             reply = thread_reply(case, event)
-            if reply is not None:
+            look_for_reply = check_posted and not posted_root  # a root posted just now has no replies
+            if reply is not None and not (look_for_reply and await self._replied(thread, event)):
                 await self._reply(thread, reply, event)
             if not posted_root:  # a root posted just now already shows this event
                 await self._update_root(thread, case)
@@ -364,27 +421,135 @@ class SlackThreadNotifier:
     async def _call(self, what: str, call: Callable[[], Awaitable[AsyncSlackResponse]]) -> AsyncSlackResponse:
         return await call_slack(call, what=what, policy=self._policy)
 
-    async def _post_root(self, case: dict[str, Any]) -> ThreadRef:
+    async def _post_root(self, case: dict[str, Any], event: dict[str, Any]) -> ThreadRef:
         text, blocks = root_message(case, self.case_url(case["case_id"]))
+        metadata = case_event_metadata(str(case["case_id"]), int(event["seq"]))
         resp = await self._call(
             f"root post of case {case['case_id']}",
-            lambda: self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks),
+            lambda: self.client.chat_postMessage(
+                channel=self.channel, text=text, blocks=blocks, metadata=metadata
+            ),
         )
         # chat.update needs the channel id Slack answers with, not a "#name" it accepted on post.
-        return ThreadRef(str(resp.get("channel") or self.channel), str(resp["ts"]))
+        channel = str(resp.get("channel") or self.channel)
+        if not channel.startswith("#"):
+            self._channel_id = channel
+        return ThreadRef(channel, str(resp["ts"]))
 
     async def _reply(self, thread: ThreadRef, text: str, event: dict[str, Any]) -> None:
+        metadata = case_event_metadata(str(event["case_id"]), int(event["seq"]))
         await self._call(
             f"reply for event #{event['seq']} of case {event['case_id']}",
-            lambda: self.client.chat_postMessage(channel=thread.channel, thread_ts=thread.ts, text=text),
+            lambda: self.client.chat_postMessage(
+                channel=thread.channel, thread_ts=thread.ts, text=text, metadata=metadata
+            ),
         )
 
     async def _update_root(self, thread: ThreadRef, case: dict[str, Any]) -> None:
         text, blocks = root_message(case, self.case_url(case["case_id"]))
+        # Without a metadata argument chat.update keeps the root's metadata, which the lookup needs.
         await self._call(
             f"root update of case {case['case_id']}",
             lambda: self.client.chat_update(channel=thread.channel, ts=thread.ts, text=text, blocks=blocks),
         )
+
+    # --- finding what a crash left behind ------------------------------------------------------
+
+    async def _find_root(self, case: dict[str, Any], event: dict[str, Any]) -> ThreadRef | None:
+        """A root message already posted for the case in the channel's recent history, if any."""
+        case_id = str(case["case_id"])
+        channel = self._channel_id
+        if channel is None:
+            self._warn_once(
+                "channel-name",
+                "slack channel %s is configured by name; until a root post reveals its id, a root lost "
+                "in a crash is posted again (configure the channel id to avoid it)",
+                self.channel,
+            )
+            return None
+        opened = case.get("opened_at") or event.get("at")
+        oldest = f"{float(opened) - _LOOKBACK_MARGIN_S:.6f}" if isinstance(opened, int | float) else None
+
+        def page(cursor: str | None) -> Awaitable[AsyncSlackResponse]:
+            return self.client.conversations_history(
+                channel=channel,
+                oldest=oldest,
+                limit=_PAGE_SIZE,
+                cursor=cursor,
+                include_all_metadata=True,
+            )
+
+        found = await self._search(
+            f"root lookup of case {case_id}",
+            page,
+            _MAX_HISTORY_PAGES,
+            lambda m: posted_seq(m, case_id) is not None and m.get("thread_ts", m.get("ts")) == m.get("ts"),
+        )
+        if found is None:
+            return None
+        log.info("slack thread of case %s: adopting root %s posted before a restart", case_id, found["ts"])
+        return ThreadRef(channel, str(found["ts"]))
+
+    async def _replied(self, thread: ThreadRef, event: dict[str, Any]) -> bool:
+        """Whether the thread already holds the reply for ``event``."""
+        case_id, seq = str(event["case_id"]), int(event["seq"])
+        at = event.get("at")
+        oldest = f"{float(at) - _LOOKBACK_MARGIN_S:.6f}" if isinstance(at, int | float) else None
+
+        def page(cursor: str | None) -> Awaitable[AsyncSlackResponse]:
+            return self.client.conversations_replies(
+                channel=thread.channel,
+                ts=thread.ts,
+                oldest=oldest,
+                limit=_PAGE_SIZE,
+                cursor=cursor,
+                include_all_metadata=True,
+            )
+
+        found = await self._search(
+            f"reply lookup for event #{seq} of case {case_id}",
+            page,
+            _MAX_REPLY_PAGES,
+            lambda m: m.get("ts") != thread.ts and posted_seq(m, case_id) == seq,
+        )
+        return found is not None
+
+    async def _search(
+        self,
+        what: str,
+        page: Callable[[str | None], Awaitable[AsyncSlackResponse]],
+        max_pages: int,
+        wanted: Callable[[Mapping[str, Any]], bool],
+    ) -> Mapping[str, Any] | None:
+        """The first wanted message in at most ``max_pages`` pages; None also when Slack refuses.
+
+        A refused lookup (missing_scope, not_in_channel...) must not lose the message, so the
+        caller then posts: at worst a duplicate, as before the lookup existed.
+        """
+        cursor: str | None = None
+        try:
+            for _ in range(max_pages):
+                resp = await self._call(what, functools.partial(page, cursor))
+                found = _first(resp.get("messages") or (), wanted)
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if found is not None or not cursor:
+                    return found
+        except SlackPermanentError as exc:
+            self._warn_once(
+                exc.error, "slack %s refused (%s): posting without it, a crash may duplicate", what, exc.error
+            )
+        return None
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+
+def _first(
+    messages: Iterable[Mapping[str, Any]], wanted: Callable[[Mapping[str, Any]], bool]
+) -> Mapping[str, Any] | None:
+    return next((m for m in messages if isinstance(m, Mapping) and wanted(m)), None)
 
 
 # --- console -----------------------------------------------------------------------------------
@@ -397,7 +562,12 @@ class ConsoleThreadNotifier:
         self._stream = stream
 
     async def deliver(
-        self, case: dict[str, Any], event: dict[str, Any], thread: ThreadRef | None
+        self,
+        case: dict[str, Any],
+        event: dict[str, Any],
+        thread: ThreadRef | None,
+        *,
+        check_posted: bool = False,  # nothing to find on a console: every line is printed
     ) -> ThreadRef:
         line = (
             f"[case {case['case_id']}] {_clip(case['title'])}: {event['action']} by {_clip(event['actor'])} "

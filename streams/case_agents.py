@@ -118,7 +118,7 @@ def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
 @dataclass
 class CaseAgentDeps:
     desk: CaseDesk
-    notifier: Any  # SlackThreadNotifier | ConsoleThreadNotifier: async deliver(case, event, thread)
+    notifier: Any  # Slack- or ConsoleThreadNotifier: deliver(case, event, thread, *, check_posted)
     insert: Insert
     retry: Retry
     clock: Callable[[], float]
@@ -127,6 +127,63 @@ class CaseAgentDeps:
     reject: Callable[[bytes, str, Any], Awaitable[None]]
     # Best-effort rank of a new alert (streams/alert_ranking.py); None: alerts are not ranked.
     rank: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
+
+
+PostCaseEvent = Callable[[str, int, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
+
+
+def case_thread_poster(deps: CaseAgentDeps) -> PostCaseEvent:
+    """What the case-threads agent does with one decoded case event: post it, save the position.
+
+    Positions are cached for the life of the process. Only a cached one proves this process saw
+    the case's last post through to its save; any other (read back from ClickHouse, or none) may
+    be one post behind Slack after a crash, so the notifier is asked to look before it posts.
+    """
+    desk = deps.desk
+    positions: dict[str, ThreadPosition] = {}
+
+    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any] | None) -> None:
+        pos = positions.get(case_id)
+        check_posted = pos is None
+        if pos is None:
+            pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(desk.store.thread, case_id))
+        if pos is not None and seq <= pos.posted_seq:
+            return  # posted before a restart replayed it
+        alert = (event.get("data") or {}).get("alert")
+        if event["action"] == "mute":
+            # Muted on purpose (a campaign or a silence): on record, not in anyone's channel.
+            await record_delivery(alert, "none", "muted", event.get("reason", ""))
+            return
+        thread = reply_target(pos)
+        try:
+            ref = await deps.notifier.deliver(case, event, thread, check_posted=check_posted)
+            status, detail = "delivered", ref.ts
+        except SlackPermanentError as exc:
+            # Retrying cannot help (bad token, unknown channel): record it loudly and move on.
+            log.error("slack refused case %s event #%d: %s", case_id, seq, exc)
+            ref = exc.thread or thread or ThreadRef("none", "")
+            status, detail = "failed", str(exc)
+        except Exception as exc:  # a rendering bug must not stop every later case's thread
+            log.exception("could not post case %s event #%d", case_id, seq)
+            ref = thread or ThreadRef("none", "")
+            status, detail = "failed", f"notifier error: {exc}"
+        new = ThreadPosition(case_id, ref.channel, ref.ts, seq)
+        await deps.retry(
+            "thread position", lambda: asyncio.to_thread(desk.store.save_thread, new, deps.clock())
+        )
+        positions[case_id] = new
+        await record_delivery(alert, ref.channel, status, detail)
+
+    async def record_delivery(alert: Any, channel: str, status: str, detail: str) -> None:
+        if not isinstance(alert, dict) or not alert.get("alert_id"):
+            return
+        row = {"alert_id": str(alert["alert_id"]), "channel": channel, "status": status,
+               "detail": detail[:500], "delivered_at": deps.clock()}  # fmt: skip
+        await deps.insert("alert_deliveries", [row])
+        deps.stats.alerts.append(dict(alert))
+        deps.stats.deliveries.append(row)
+
+    return post
 
 
 def add_case_agents(
@@ -138,7 +195,7 @@ def add_case_agents(
     escalation_check_s: float,
 ) -> None:
     desk = deps.desk
-    positions: dict[str, ThreadPosition] = {}
+    post = case_thread_poster(deps)
 
     async def emit(events: list[CaseEvent]) -> None:
         for event in events:
@@ -178,46 +235,6 @@ def add_case_agents(
                 await deps.reject(decoded.payload, decoded.reason, _source(stream))
                 continue
             await post(*decoded)
-
-    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any] | None) -> None:
-        pos = positions.get(case_id)
-        if pos is None:
-            pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(desk.store.thread, case_id))
-        if pos is not None and seq <= pos.posted_seq:
-            return  # posted before a restart replayed it
-        alert = (event.get("data") or {}).get("alert")
-        if event["action"] == "mute":
-            # Muted on purpose (a campaign or a silence): on record, not in anyone's channel.
-            await record_delivery(alert, "none", "muted", event.get("reason", ""))
-            return
-        thread = reply_target(pos)
-        try:
-            ref = await deps.notifier.deliver(case, event, thread)
-            status, detail = "delivered", ref.ts
-        except SlackPermanentError as exc:
-            # Retrying cannot help (bad token, unknown channel): record it loudly and move on.
-            log.error("slack refused case %s event #%d: %s", case_id, seq, exc)
-            ref = exc.thread or thread or ThreadRef("none", "")
-            status, detail = "failed", str(exc)
-        except Exception as exc:  # a rendering bug must not stop every later case's thread
-            log.exception("could not post case %s event #%d", case_id, seq)
-            ref = thread or ThreadRef("none", "")
-            status, detail = "failed", f"notifier error: {exc}"
-        new = ThreadPosition(case_id, ref.channel, ref.ts, seq)
-        await deps.retry(
-            "thread position", lambda: asyncio.to_thread(desk.store.save_thread, new, deps.clock())
-        )
-        positions[case_id] = new
-        await record_delivery(alert, ref.channel, status, detail)
-
-    async def record_delivery(alert: Any, channel: str, status: str, detail: str) -> None:
-        if not isinstance(alert, dict) or not alert.get("alert_id"):
-            return
-        row = {"alert_id": str(alert["alert_id"]), "channel": channel, "status": status,
-               "detail": detail[:500], "delivered_at": deps.clock()}  # fmt: skip
-        await deps.insert("alert_deliveries", [row])
-        deps.stats.alerts.append(dict(alert))
-        deps.stats.deliveries.append(row)
 
     @app.timer(escalation_check_s)
     async def escalate_overdue_tasks() -> None:

@@ -11,6 +11,10 @@ async code, call the blocking ``wait_for_calls`` via ``asyncio.to_thread``).
         fake.error_next(1, "channel_not_found")
         fake.down(); fake.up()              # refuse connections, then listen on the same port again
         fake.message("C1", ts), fake.replies("C1", ts)  # a message as updated now, its thread replies
+
+Messages keep the ``metadata`` they were posted with; ``conversations.history`` (newest first, roots
+and unthreaded messages only) and ``conversations.replies`` (the root, then its replies, oldest
+first) return it when asked with ``include_all_metadata``, and page with ``cursor`` as Slack does.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
-METHODS = ("chat.postMessage", "chat.update")
+METHODS = ("chat.postMessage", "chat.update", "conversations.history", "conversations.replies")
+_READS = ("conversations.history", "conversations.replies")
 
 
 @dataclass(frozen=True)
@@ -193,24 +198,81 @@ class SlackFake:
         channel = body.get("channel")
         if not channel:
             return 200, {"ok": False, "error": "channel_not_found"}, {}
+        if method in _READS and str(channel).startswith("#"):
+            return 200, {"ok": False, "error": "channel_not_found"}, {}  # reads take a channel id only
+        if method == "conversations.history":
+            return 200, self._history(channel, body), {}
+        if method == "conversations.replies":
+            return 200, self._thread_of(channel, body), {}
         if method == "chat.postMessage":
             self._ts_seq += 1
             ts = f"{self._ts_base}.{self._ts_seq:06d}"  # increasing both as strings and as floats
             message = {"text": body.get("text", ""), "blocks": body.get("blocks", []), "ts": ts}
             if body.get("thread_ts"):
                 message["thread_ts"] = str(body["thread_ts"])
+            if body.get("metadata"):
+                message["metadata"] = body["metadata"]
             self._messages[(channel, ts)] = message
             return 200, {"ok": True, "channel": channel, "ts": ts, "message": dict(message)}, {}
         ts = str(body.get("ts", ""))
         if (channel, ts) not in self._messages:
             return 200, {"ok": False, "error": "message_not_found"}, {}
         message = self._messages[(channel, ts)]
-        message.update({k: body[k] for k in ("text", "blocks") if k in body})
+        # Slack leaves a message's metadata as it was when chat.update does not name it.
+        message.update({k: body[k] for k in ("text", "blocks", "metadata") if k in body})
         return (
             200,
             {"ok": True, "channel": channel, "ts": ts, "text": message["text"], "message": dict(message)},
             {},
         )
+
+    def _history(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
+        """conversations.history: newest first; thread replies are not in a channel's history."""
+        in_channel = [
+            m
+            for (c, ts), m in self._messages.items()
+            if c == channel and m.get("thread_ts", ts) == ts and _in_range(ts, body)
+        ]
+        newest_first = sorted(in_channel, key=lambda m: float(m["ts"]), reverse=True)
+        return self._page([self._as_listed(channel, m, body) for m in newest_first], body)
+
+    def _thread_of(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
+        """conversations.replies: the root first, then its replies in [oldest, latest], oldest first."""
+        root = self._messages.get((channel, str(body.get("ts", ""))))
+        if root is None:
+            return {"ok": False, "error": "thread_not_found"}
+        replies = [m for m in self.replies(channel, root["ts"]) if _in_range(m["ts"], body)]
+        return self._page([self._as_listed(channel, m, body) for m in [root, *replies]], body)
+
+    def _as_listed(self, channel: str, message: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """A message as the conversations.* methods list it: a root with replies names its thread."""
+        listed = {k: v for k, v in message.items() if k != "metadata" or _flag(body, "include_all_metadata")}
+        reply_count = len(self.replies(channel, message["ts"]))
+        if reply_count and "thread_ts" not in message:
+            listed |= {"thread_ts": message["ts"], "reply_count": reply_count}
+        return listed
+
+    @staticmethod
+    def _page(messages: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+        start, limit = int(body.get("cursor") or 0), int(body.get("limit") or 100)
+        more = start + limit < len(messages)
+        return {
+            "ok": True,
+            "messages": messages[start : start + limit],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+
+def _in_range(ts: str, body: dict[str, Any]) -> bool:
+    """Slack's oldest/latest bounds, both exclusive (the default, ``inclusive`` unset)."""
+    oldest, latest = body.get("oldest"), body.get("latest")
+    return (oldest is None or float(ts) > float(oldest)) and (latest is None or float(ts) < float(latest))
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    # A bool arrives as true/1 in a JSON body and as "1"/"true" in a query string or form.
+    return str(body.get(name, "")).lower() in ("1", "true")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -219,13 +281,20 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._dispatch(_parse_body(self.headers, raw))
+
+    def do_GET(self) -> None:
+        # slack-sdk sends the conversations.* reads as GET with the arguments in the query string.
+        self._dispatch(dict(parse_qsl(urlsplit(self.path).query)))
+
+    def _dispatch(self, body: dict[str, Any]) -> None:
         method = self.path.removeprefix("/api/").split("?", 1)[0]
         if method not in METHODS:
             self._send(404, {"ok": False, "error": "unknown_method"}, {})
             return
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         auth = self.headers.get("Authorization", "")
-        status, response, headers = self.slack._handle(method, _parse_body(self.headers, raw), auth)
+        status, response, headers = self.slack._handle(method, body, auth)
         self._send(status, response, headers)
 
     def _send(self, status: int, response: dict[str, Any], headers: dict[str, str]) -> None:
@@ -247,7 +316,7 @@ def _parse_body(headers: Any, raw: bytes) -> dict[str, Any]:
     if headers.get_content_type() == "application/json":
         return dict(json.loads(raw or b"{}"))
     body: dict[str, Any] = dict(parse_qsl(raw.decode()))
-    for key in ("blocks", "attachments"):
+    for key in ("blocks", "attachments", "metadata"):
         if isinstance(body.get(key), str):
             body[key] = json.loads(body[key])
     return body

@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
+import logging
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from cases.commands import Command, execute
 from cases.identity import CaseBook, SignalIdentity
@@ -21,6 +26,7 @@ from cases.lifecycle import Action, CaseEvent
 from cases.risk import DEFAULT_MATRIX
 from cases.view import view_of, view_to_dict
 from sinks.slack_threads import (
+    CASE_EVENT_METADATA,
     ConsoleThreadNotifier,
     SlackPermanentError,
     SlackThreadNotifier,
@@ -335,6 +341,7 @@ def test_first_event_posts_the_root_later_ones_reply_in_thread_and_update_it() -
     ts = refs[0].ts
     assert refs == [ThreadRef("C1", ts)] * 3
     assert calls == [
+        ("conversations.history", None, None),  # no root of this case yet: post one
         ("chat.postMessage", None, None),
         ("chat.postMessage", ts, None),
         ("chat.update", None, ts),
@@ -356,7 +363,11 @@ def test_a_case_whose_first_event_is_not_open_gets_a_root_and_a_reply() -> None:
         calls = [(c.method, c.body.get("thread_ts")) for c in fake.calls]
         [reply] = fake.replies("C1", ref.ts)
 
-    assert calls == [("chat.postMessage", None), ("chat.postMessage", ref.ts)]  # no update of a fresh root
+    assert calls == [
+        ("conversations.history", None),
+        ("chat.postMessage", None),
+        ("chat.postMessage", ref.ts),
+    ]  # no update of a fresh root, no lookup of its replies
     assert reply["text"] == "*ana* silenced alerts until 2024-01-02T03:05:05Z: bench test"
 
 
@@ -369,7 +380,7 @@ def test_retries_through_500_and_429_with_retry_after() -> None:
         statuses = [c.status for c in fake.calls]
 
     assert ref.channel == "C1"
-    assert statuses == [500, 429, 200]
+    assert statuses == [500, 429, 200, 200]  # the history lookup is retried like any call, then the post
     assert sleep.delays == [0.5, 7.0]  # backoff, then the server's Retry-After
 
 
@@ -384,6 +395,7 @@ def test_replies_and_updates_are_retried_without_duplicates() -> None:
         replies = fake.replies("C1", refs[0].ts)
 
     assert outcome == [
+        ("conversations.history", 200, True),
         ("chat.postMessage", 200, True),
         ("chat.postMessage", 200, False),
         ("chat.postMessage", 200, False),
@@ -425,10 +437,10 @@ def test_events_during_an_outage_are_all_delivered_in_order_when_slack_returns()
 def test_permanent_error_on_the_root_raises_at_once(error: str) -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
-        fake.error_next(1, error)
+        fake.error_next(1, error, when=lambda method, _b: method == "chat.postMessage")
         with pytest.raises(SlackPermanentError) as info:
             run(notifier(fake, sleep).deliver(*STORY["open"], None))
-        assert len(fake.calls) == 1
+        assert [c.method for c in fake.calls] == ["conversations.history", "chat.postMessage"]
 
     assert info.value.error == error
     assert info.value.thread is None
@@ -443,7 +455,7 @@ def test_permanent_error_after_the_root_carries_the_thread() -> None:
         fake.error_next(1, "msg_too_long", when=lambda _m, body: "thread_ts" in body)
         with pytest.raises(SlackPermanentError) as info:
             run(notifier(fake, RecordingSleep()).deliver(case, event.to_dict(), None))
-        root_ts = fake.calls[0].response["ts"]
+        root_ts = fake.calls[1].response["ts"]  # after the history lookup
 
     assert info.value.error == "msg_too_long"
     assert info.value.thread == ThreadRef("C1", root_ts)  # the caller keeps it: no second root later
@@ -456,6 +468,172 @@ def test_update_of_a_vanished_root_is_permanent() -> None:
             run(notifier(fake, RecordingSleep()).deliver(*STORY["take"], gone))
 
 
+# --- crash safety: metadata and the lookups before posting --------------------------------------
+
+
+def metadata(case_id: str, seq: int) -> dict[str, Any]:
+    return {"event_type": CASE_EVENT_METADATA, "event_payload": {"case_id": case_id, "seq": seq}}
+
+
+def roots_in(fake: SlackFake, channel: str = "C1") -> list[Any]:
+    """The root (unthreaded) messages Slack accepted in ``channel``."""
+    return [
+        c
+        for c in fake.delivered
+        if c.method == "chat.postMessage" and c.body["channel"] == channel and "thread_ts" not in c.body
+    ]
+
+
+def test_roots_and_replies_carry_the_case_id_and_the_events_seq_as_metadata() -> None:
+    steps = [STORY[label] for label in ("open", "evidence-alert", "take")]
+    case_id = steps[0][0]["case_id"]
+    with SlackFake(token=TOKEN) as fake:
+        refs = run(deliver_all(notifier(fake, RecordingSleep()), steps))
+        root = fake.message("C1", refs[0].ts)
+        replies = fake.replies("C1", refs[0].ts)
+
+    assert root is not None
+    assert root["metadata"] == metadata(case_id, steps[0][1]["seq"])  # kept through the root updates
+    assert [r["metadata"] for r in replies] == [metadata(case_id, e["seq"]) for _c, e in steps[1:]]
+
+
+def test_a_root_posted_before_a_crash_is_adopted_and_later_replies_go_into_it() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        # The worker that posted the root died before saving it: the replay knows no thread.
+        first = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+        fake.calls.clear()
+        restarted = notifier(fake, RecordingSleep())
+        again = run(restarted.deliver(*STORY["open"], None, check_posted=True))
+        refs = run(deliver_all(restarted, [STORY["evidence-alert"], STORY["take"]], again))
+        methods = [c.method for c in fake.calls]
+        roots = roots_in(fake)
+        replies = fake.replies("C1", first.ts)
+
+    assert again == first and refs == [first] * 2
+    assert roots == []  # after the restart: no root posted at all, the one in the channel is the thread
+    assert methods[:2] == ["conversations.history", "chat.update"]  # one lookup, then the root refreshed
+    assert [r["text"] for r in replies] == [
+        thread_reply(c, e) for c, e in (STORY["evidence-alert"], STORY["take"])
+    ]
+
+
+def test_a_root_with_replies_is_adopted_but_not_another_cases_root() -> None:
+    other = Story().alert(alert("b1", model="M-200"))
+    with SlackFake(token=TOKEN) as fake:
+        slack = notifier(fake, RecordingSleep())
+        first = run(deliver_all(slack, [STORY["open"], STORY["evidence-alert"]]))[0]
+        other_ref = run(slack.deliver(*other, None))
+        again = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+
+    assert other_ref.ts != first.ts  # the other case's root did not pass for this case's
+    assert again == first  # history lists a root with replies with thread_ts == ts: still the root
+
+
+def test_a_reply_posted_before_a_crash_is_not_posted_again_on_replay() -> None:
+    steps = [STORY[label] for label in ("open", "evidence-alert", "take")]
+    with SlackFake(token=TOKEN) as fake:
+        refs = run(deliver_all(notifier(fake, RecordingSleep()), steps))
+        normal = [c.method for c in fake.calls]
+        fake.calls.clear()
+        # Replay of the last event after a crash before its position was saved.
+        replayed = run(notifier(fake, RecordingSleep()).deliver(*steps[-1], refs[0], check_posted=True))
+        replay = [(c.method, c.body.get("thread_ts")) for c in fake.calls]
+        replies = fake.replies("C1", refs[0].ts)
+        root = fake.message("C1", refs[0].ts)
+
+    assert normal.count("conversations.history") == 1  # for the root only
+    assert "conversations.replies" not in normal  # normal operation never looks at replies
+    assert replayed == refs[0]
+    assert replay == [("conversations.replies", None), ("chat.update", None)]  # found: no second reply
+    assert [r["text"] for r in replies] == [thread_reply(c, e) for c, e in steps[1:]]
+    url = f"http://rw.example/v1/cases/{steps[-1][0]['case_id']}"
+    assert root is not None and root["blocks"] == root_message(steps[-1][0], url)[1]
+
+
+def test_a_checked_reply_that_is_not_in_the_thread_is_posted() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        ref = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+        run(notifier(fake, RecordingSleep()).deliver(*STORY["evidence-alert"], ref, check_posted=True))
+        [reply] = fake.replies("C1", ref.ts)
+
+    assert reply["text"] == thread_reply(*STORY["evidence-alert"])
+
+
+def test_a_refused_lookup_posts_anyway_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    other = Story().alert(alert("b1", model="M-200"))
+    refused = lambda method, _b: method.startswith("conversations.")  # noqa: E731
+    with SlackFake(token=TOKEN) as fake:
+        fake.error_next(3, "missing_scope", when=refused)
+        slack = notifier(fake, RecordingSleep())
+        with caplog.at_level(logging.WARNING, logger="sinks.slack_threads"):
+            ref = run(slack.deliver(*STORY["open"], None))
+            run(slack.deliver(*other, None))
+            run(slack.deliver(*STORY["evidence-alert"], ref, check_posted=True))
+        roots = roots_in(fake)
+        replies = fake.replies("C1", ref.ts)
+
+    assert len(roots) == 2  # both cases' roots posted: nothing lost
+    assert [r["text"] for r in replies] == [thread_reply(*STORY["evidence-alert"])]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "missing_scope" in warnings[0], warnings
+
+
+def test_a_channel_configured_by_name_posts_without_a_lookup() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        slack = SlackThreadNotifier(TOKEN, "#quality", base_url=fake.base_url, sleep=RecordingSleep())
+        run(slack.deliver(*STORY["open"], None))
+        methods = [c.method for c in fake.calls]
+
+    assert methods == ["chat.postMessage"]  # history takes a channel id, which a "#name" is not
+
+
+def test_the_fake_lists_history_and_replies_as_slack_does() -> None:
+    async def scenario(fake: SlackFake) -> tuple[list[Any], ...]:
+        client = AsyncWebClient(token=TOKEN, base_url=fake.base_url)
+        root = await client.chat_postMessage(channel="C9", text="root", metadata=metadata("k", 1))
+        for seq in (2, 3, 4):
+            await client.chat_postMessage(
+                channel="C9", thread_ts=root["ts"], text=f"r{seq}", metadata=metadata("k", seq)
+            )
+        await client.chat_postMessage(channel="C9", text="later")
+        history = [await client.conversations_history(channel="C9", limit=1, include_all_metadata=True)]
+        cursor = history[0]["response_metadata"]["next_cursor"]
+        history.append(await client.conversations_history(channel="C9", limit=1, cursor=cursor))
+        thread = await client.conversations_replies(
+            channel="C9", ts=root["ts"], limit=3, include_all_metadata=True
+        )
+        rest = await client.conversations_replies(
+            channel="C9", ts=root["ts"], cursor=thread["response_metadata"]["next_cursor"]
+        )
+        return history, [thread, rest]
+
+    with SlackFake(token=TOKEN) as fake:
+        history, replies = run(scenario(fake))
+
+    assert [m["text"] for page in history for m in page["messages"]] == ["later", "root"]  # newest first
+    assert history[1]["response_metadata"]["next_cursor"] == ""
+    listed_root = history[1]["messages"][0]
+    assert listed_root["thread_ts"] == listed_root["ts"] and listed_root["reply_count"] == 3
+    assert "metadata" not in listed_root  # asked without include_all_metadata
+    assert [m["text"] for m in replies[0]["messages"]] == ["root", "r2", "r3"]
+    assert [m["metadata"]["event_payload"]["seq"] for m in replies[0]["messages"]] == [1, 2, 3]
+    assert [m["text"] for m in replies[1]["messages"]] == ["r4"]
+
+
+def test_the_fake_reads_metadata_from_a_form_body_too() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        form = {"token": TOKEN, "channel": "C1", "text": "hi", "metadata": json.dumps(metadata("k", 7))}
+        request = urllib.request.Request(
+            f"{fake.base_url}chat.postMessage", data=urllib.parse.urlencode(form).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            ts = json.loads(response.read())["ts"]
+        stored = fake.message("C1", ts)
+
+    assert stored is not None and stored["metadata"] == metadata("k", 7)
+
+
 # --- console & factory -------------------------------------------------------------------------
 
 
@@ -463,11 +641,12 @@ def test_console_prints_one_line_per_event() -> None:
     out = io.StringIO()
     console = ConsoleThreadNotifier(stream=out)
     refs = run(deliver_all(console, [STORY["open"], STORY["evidence-note"]]))
+    refs.append(run(console.deliver(*STORY["take"], refs[-1], check_posted=True)))  # nothing to check
 
     case_id = STORY["open"][0]["case_id"]
-    assert refs == [ThreadRef("console", case_id)] * 2
+    assert refs == [ThreadRef("console", case_id)] * 3
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].startswith(f"[case {case_id}] M-100 batch B-7, brakes: open by recallwatch (new -> open)")
     assert lines[1].endswith("evidence by ana (open -> open): because")
 

@@ -1,10 +1,31 @@
-"""Which Slack thread a case's next event goes to, after deliveries that worked and that failed."""
+"""Which Slack thread a case's next event goes to, after deliveries that worked, failed or crashed.
+
+The crash tests run the case-threads agent's handler (``case_thread_poster``) on the real case
+desk and store, posting to SlackFake: a worker killed after Slack accepted a post but before the
+position was saved is played by a notifier that posts and saves nothing, then a fresh handler (the
+restarted worker, with an empty cache) gets the same event again from Kafka.
+"""
 
 from __future__ import annotations
 
-from sinks.case_store import ThreadPosition
-from sinks.slack_threads import ThreadRef
-from streams.case_agents import reply_target
+import asyncio
+import itertools
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from cases.commands import Command
+from cases.risk import DEFAULT_MATRIX
+from recallwatch.case_desk import CaseDesk
+from sinks.case_store import CaseStore, ThreadPosition
+from sinks.clickhouse import ClickHouseStore
+from sinks.slack_threads import SlackThreadNotifier, ThreadRef
+from streams.case_agents import CaseAgentDeps, PostCaseEvent, case_thread_poster, reply_target
+from tests.slack_fake import SlackFake
+
+TOKEN = "xoxb-test"
+T0 = 1_700_000_000.0
+Delivery = tuple[str, int, dict[str, Any], dict[str, Any] | None]  # what the agent decodes
 
 
 def test_a_case_without_a_position_gets_a_root_and_one_with_a_thread_replies_in_it() -> None:
@@ -18,3 +39,112 @@ def test_after_a_refused_root_the_next_event_tries_a_root_again() -> None:
     # What the agent saves when Slack refused the root post for good (e.g. not_in_channel).
     refused = ThreadPosition("case-1", "none", "", 1)
     assert reply_target(refused) is None
+
+
+# --- crash between the Slack post and the saved position ---------------------------------------
+
+
+class Worker:
+    """The case desk on the real store and one process's case-threads handler."""
+
+    def __init__(self, store: ClickHouseStore, fake: SlackFake) -> None:
+        ticks = itertools.count()
+        self.clock: Callable[[], float] = lambda: T0 + next(ticks)
+        self.desk = CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=self.clock)
+        self.store, self.fake = store, fake
+        self.post = self.restart()
+
+    def notifier(self) -> SlackThreadNotifier:
+        return SlackThreadNotifier(TOKEN, "C1", base_url=self.fake.base_url, sleep=_no_wait)
+
+    def restart(self) -> PostCaseEvent:
+        """A fresh handler: what the worker is after kill -9 and a start."""
+
+        async def insert(table: str, rows: list[dict[str, Any]]) -> None:
+            await asyncio.to_thread(self.store.insert, table, rows)
+
+        async def retry(_what: str, call: Callable[[], Any]) -> Any:
+            return await call()
+
+        async def reject(_payload: bytes, _reason: str, _source: Any) -> None:
+            raise AssertionError("no message here is unreadable")
+
+        stats = SimpleNamespace(alerts=[], deliveries=[])
+        deps = CaseAgentDeps(self.desk, self.notifier(), insert, retry, self.clock, stats, reject)
+        return case_thread_poster(deps)
+
+    def alert(self, alert_id: str) -> Delivery:
+        fields = {"alert_id": alert_id, "model": "M-1", "batch": "B-1", "failure_mode": "brakes",
+                  "count": 9, "expected": 2.0, "detector": "cusum", "config_version": "v1"}  # fmt: skip
+        [event] = self.desk.on_alert(fields, self.clock())
+        return self._delivery(event.case_id, event.to_dict())
+
+    def command(self, case_id: str, kind: str, **args: Any) -> Delivery:
+        cmd = Command(f"cmd-{kind}", case_id, kind, "ana", self.clock(), "because", args)
+        result, [event] = self.desk.run(cmd)
+        assert result.status == "ok", result
+        return self._delivery(case_id, event.to_dict())
+
+    def _delivery(self, case_id: str, event: dict[str, Any]) -> Delivery:
+        return case_id, int(event["seq"]), event, self.desk.case_dict(case_id)
+
+    def crash_after_posting(self, delivery: Delivery, thread: ThreadRef | None) -> ThreadRef:
+        """Slack got the post; the process died before saving the position."""
+        _case_id, _seq, event, case = delivery
+        assert case is not None
+        return asyncio.run(self.notifier().deliver(case, event, thread))
+
+
+async def _no_wait(_delay: float) -> None:
+    await asyncio.sleep(0)
+
+
+def roots(fake: SlackFake) -> list[Any]:
+    return [c for c in fake.delivered if c.method == "chat.postMessage" and "thread_ts" not in c.body]
+
+
+def test_a_root_posted_before_a_crash_is_adopted_not_posted_twice(store: ClickHouseStore) -> None:
+    with SlackFake(token=TOKEN) as fake:
+        worker = Worker(store, fake)
+        opened = worker.alert("a1")
+        posted = worker.crash_after_posting(opened, None)
+        assert worker.desk.store.thread(opened[0]) is None  # the position was never saved
+
+        post = worker.restart()
+        asyncio.run(post(*opened))  # Kafka delivers the open event again
+        asyncio.run(post(*worker.alert("a2")))
+        asyncio.run(post(*worker.command(opened[0], "assess")))
+        replies = fake.replies("C1", posted.ts)
+
+    assert len(roots(fake)) == 1  # one thread for the case in the channel
+    assert [r["metadata"]["event_payload"]["seq"] for r in replies] == [2, 3]
+    assert worker.desk.store.thread(opened[0]) == ThreadPosition(opened[0], "C1", posted.ts, 3)
+
+
+def test_a_reply_posted_before_a_crash_is_not_posted_twice(store: ClickHouseStore) -> None:
+    with SlackFake(token=TOKEN) as fake:
+        worker = Worker(store, fake)
+        opened = worker.alert("a1")
+        case_id = opened[0]
+        asyncio.run(worker.post(*opened))
+        asyncio.run(worker.post(*worker.alert("a2")))
+        normal = [c.method for c in fake.calls]
+        position = worker.desk.store.thread(case_id)
+        assert position is not None
+
+        assessed = worker.command(case_id, "assess")
+        worker.crash_after_posting(assessed, reply_target(position))
+        fake.calls.clear()
+        post = worker.restart()
+        asyncio.run(post(*assessed))  # the replay: its reply is in the thread already
+        replay = [c.method for c in fake.calls]
+        fake.calls.clear()
+        asyncio.run(post(*worker.command(case_id, "take")))  # this process's own position: no lookup
+        after = [c.method for c in fake.calls]
+        replies = fake.replies("C1", position.ts)
+
+    assert normal == ["conversations.history", "chat.postMessage", "chat.postMessage", "chat.update"]
+    assert replay == ["conversations.replies", "chat.update"]
+    assert after == ["chat.postMessage", "chat.update"]
+    assert [r["metadata"]["event_payload"]["seq"] for r in replies] == [2, 3, 4]
+    assert worker.desk.store.thread(case_id) == ThreadPosition(case_id, "C1", position.ts, 4)
