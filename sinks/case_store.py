@@ -117,6 +117,18 @@ class CaseStore:
         r = rows[0]
         return ThreadPosition(r["case_id"], r["channel"], r["ts"], int(r["posted_seq"]))
 
+    def latest_thread_channel(self) -> str | None:
+        """The channel of the thread position saved last, skipping refused roots and the console.
+
+        A restarted worker configured with a channel name reads its id here, so it can look for a
+        root lost in a crash before its own first root post has told it the id.
+        """
+        rows = self.store.query(
+            "SELECT channel FROM case_threads FINAL WHERE ts != '' AND channel NOT IN ('none', 'console')"
+            " AND channel NOT LIKE '#%' ORDER BY updated_at DESC LIMIT 1"
+        )
+        return str(rows[0]["channel"]) if rows else None
+
     def save_thread(self, position: ThreadPosition, updated_at: float | None = None) -> None:
         row = {
             "case_id": position.case_id,

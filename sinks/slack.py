@@ -28,9 +28,12 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 log = logging.getLogger(__name__)
 
 # Slack error codes that mean "try again later" even though the call was answered.
+_RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
 _RETRYABLE_SLACK_ERRORS = frozenset(
-    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+# Failures after which Slack may have done what was asked all the same (it failed while doing it).
+_AMBIGUOUS_SLACK_ERRORS = frozenset({"internal_error", "fatal_error"})
 _HEADER_MAX_CHARS = 150  # Slack rejects longer header text with invalid_blocks, a permanent error.
 
 
@@ -60,6 +63,8 @@ class _Retry:
 
     reason: str
     wait_s: float | None = None
+    rate_limited: bool = False
+    ambiguous: bool = False  # the call may have taken effect: sending it again may do it twice
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -78,11 +83,19 @@ def _classify(exc: SlackApiError) -> tuple[str, _Retry | None]:
     error = data.get("error") if isinstance(data, dict) else None
     error = error or f"http_{status}"
     wait_s = _retry_after(getattr(resp, "headers", None))
-    if status == 429 or error in _RETRYABLE_SLACK_ERRORS:
-        return error, _Retry(error, wait_s)
+    if status == 429 or error in _RATE_LIMIT_ERRORS:
+        return error, _Retry(error, wait_s, rate_limited=True)
+    if error in _RETRYABLE_SLACK_ERRORS:
+        return error, _Retry(error, wait_s, ambiguous=error in _AMBIGUOUS_SLACK_ERRORS)
     if status >= 500 or status == 408:
-        return error, _Retry(error, wait_s)
+        return error, _Retry(error, wait_s, ambiguous=status >= 500)
     return error, None
+
+
+def _connection_retry(exc: Exception) -> _Retry:
+    # A refused connection never reached Slack; a reset or a timeout may have come after it acted.
+    never_sent = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+    return _Retry(f"{type(exc).__name__}: {exc}", ambiguous=not never_sent)
 
 
 class SlackPermanentError(Exception):
@@ -98,6 +111,23 @@ class SlackPermanentError(Exception):
         self.thread: Any = None
 
 
+class SlackAlreadyDone(Exception):
+    """A call's ``recheck`` found that a failed attempt took effect after all: no more attempts."""
+
+
+class SlackGaveUp(Exception):
+    """A transient failure that a bounded call (see :func:`call_slack`) did not wait out.
+
+    ``rate_limited`` says Slack asked to slow down (HTTP 429): waiting is what it wants, so a
+    caller that can do without the call should leave it alone for a while.
+    """
+
+    def __init__(self, error: str, *, rate_limited: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        self.rate_limited = rate_limited
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Capped exponential backoff; ``sleep`` is injectable so tests do not wait."""
@@ -108,13 +138,27 @@ class RetryPolicy:
 
 
 async def call_slack(
-    call: Callable[[], Awaitable[AsyncSlackResponse]], *, what: str, policy: RetryPolicy
+    call: Callable[[], Awaitable[AsyncSlackResponse]],
+    *,
+    what: str,
+    policy: RetryPolicy,
+    max_attempts: int | None = None,
+    recheck: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncSlackResponse:
     """Run one Slack API call until it succeeds, retrying transient failures forever.
 
     Retrying forever (never dropping) is the point: while Slack is down a caller that awaits its
     notifications one by one simply queues behind this call and delivers everything, in order,
     once Slack is back. Permanent errors raise :class:`SlackPermanentError` at once instead.
+
+    With ``max_attempts`` the call is one the caller can do without (a lookup): it raises
+    :class:`SlackGaveUp` once the attempts are spent, and at once when rate-limited, since Slack's
+    Retry-After may be a minute.
+
+    ``recheck`` guards a call that must not take effect twice (a post): after a failure that may
+    have reached Slack (a dropped connection, a timeout, a 5xx, ``internal_error``) it is awaited
+    before the next attempt, and when it says the call went through, :class:`SlackAlreadyDone` is
+    raised instead of sending it again.
     """
     backoff = policy.initial_backoff_s
     attempt = 0
@@ -127,11 +171,15 @@ async def call_slack(
             if retry is None:
                 raise SlackPermanentError(error) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            retry = _Retry(f"{type(exc).__name__}: {exc}")
+            retry = _connection_retry(exc)
+        if max_attempts is not None and (retry.rate_limited or attempt >= max_attempts):
+            raise SlackGaveUp(retry.reason, rate_limited=retry.rate_limited)
         delay = retry.wait_s if retry.wait_s is not None else backoff
         log.warning("slack %s failed (attempt %d, %s); retrying in %.1fs", what, attempt, retry.reason, delay)
         await policy.sleep(delay)
         backoff = min(backoff * 2, policy.max_backoff_s)
+        if retry.ambiguous and recheck is not None and await recheck():
+            raise SlackAlreadyDone(what)
 
 
 def web_client(token: str, base_url: str | None, timeout_s: int) -> AsyncWebClient:

@@ -118,7 +118,8 @@ def case_event_message(event: CaseEvent, case: dict[str, Any] | None) -> bytes:
 @dataclass
 class CaseAgentDeps:
     desk: CaseDesk
-    notifier: Any  # Slack- or ConsoleThreadNotifier: deliver(case, event, thread, *, check_posted)
+    # Slack- or ConsoleThreadNotifier: deliver(case, event, thread, *, check_posted), learn_channel(id)
+    notifier: Any
     insert: Insert
     retry: Retry
     clock: Callable[[], float]
@@ -129,30 +130,40 @@ class CaseAgentDeps:
     rank: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
 
-PostCaseEvent = Callable[[str, int, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
-
-
-def case_thread_poster(deps: CaseAgentDeps) -> PostCaseEvent:
+class CaseThreadPoster:
     """What the case-threads agent does with one decoded case event: post it, save the position.
 
-    Positions are cached for the life of the process. Only a cached one proves this process saw
-    the case's last post through to its save; any other (read back from ClickHouse, or none) may
-    be one post behind Slack after a crash, so the notifier is asked to look before it posts.
+    Positions are cached while this worker holds the case's partition. Only a cached one proves
+    this process saw the case's last post through to its save; any other (read back from
+    ClickHouse, or none) may be one post behind Slack after a crash, or after another worker held
+    the partition for a while, so the notifier is asked to look before it posts. :meth:`forget`
+    drops the cache when partitions are revoked.
     """
-    desk = deps.desk
-    positions: dict[str, ThreadPosition] = {}
 
-    async def post(case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any] | None) -> None:
-        pos = positions.get(case_id)
+    def __init__(self, deps: CaseAgentDeps) -> None:
+        self.deps = deps
+        self._positions: dict[str, ThreadPosition] = {}
+        self._channel_learned = False
+
+    def forget(self) -> None:
+        """Drop every cached position: another worker may post to these cases before they return."""
+        self._positions.clear()
+
+    async def __call__(
+        self, case_id: str, seq: int, event: dict[str, Any], case: dict[str, Any] | None
+    ) -> None:
+        deps, store = self.deps, self.deps.desk.store
+        await self._learn_channel()
+        pos = self._positions.get(case_id)
         check_posted = pos is None
         if pos is None:
-            pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(desk.store.thread, case_id))
+            pos = await deps.retry("thread lookup", lambda: asyncio.to_thread(store.thread, case_id))
         if pos is not None and seq <= pos.posted_seq:
             return  # posted before a restart replayed it
         alert = (event.get("data") or {}).get("alert")
         if event["action"] == "mute":
             # Muted on purpose (a campaign or a silence): on record, not in anyone's channel.
-            await record_delivery(alert, "none", "muted", event.get("reason", ""))
+            await self._record_delivery(alert, "none", "muted", event.get("reason", ""))
             return
         thread = reply_target(pos)
         try:
@@ -168,22 +179,51 @@ def case_thread_poster(deps: CaseAgentDeps) -> PostCaseEvent:
             ref = thread or ThreadRef("none", "")
             status, detail = "failed", f"notifier error: {exc}"
         new = ThreadPosition(case_id, ref.channel, ref.ts, seq)
-        await deps.retry(
-            "thread position", lambda: asyncio.to_thread(desk.store.save_thread, new, deps.clock())
-        )
-        positions[case_id] = new
-        await record_delivery(alert, ref.channel, status, detail)
+        await deps.retry("thread position", lambda: asyncio.to_thread(store.save_thread, new, deps.clock()))
+        self._positions[case_id] = new
+        await self._record_delivery(alert, ref.channel, status, detail)
 
-    async def record_delivery(alert: Any, channel: str, status: str, detail: str) -> None:
+    async def _learn_channel(self) -> None:
+        """Once per process: tell the notifier the channel id saved threads use.
+
+        A channel configured by name is known by id only after a root post, and after a crash the
+        first post may be the replay of a root that is already there: the lookup needs the id.
+        """
+        if self._channel_learned:
+            return
+        store = self.deps.desk.store
+        channel = await self.deps.retry(
+            "thread channel", lambda: asyncio.to_thread(store.latest_thread_channel)
+        )
+        if channel is not None:
+            self.deps.notifier.learn_channel(channel)
+        self._channel_learned = True
+
+    async def _record_delivery(self, alert: Any, channel: str, status: str, detail: str) -> None:
         if not isinstance(alert, dict) or not alert.get("alert_id"):
             return
         row = {"alert_id": str(alert["alert_id"]), "channel": channel, "status": status,
-               "detail": detail[:500], "delivered_at": deps.clock()}  # fmt: skip
-        await deps.insert("alert_deliveries", [row])
-        deps.stats.alerts.append(dict(alert))
-        deps.stats.deliveries.append(row)
+               "detail": detail[:500], "delivered_at": self.deps.clock()}  # fmt: skip
+        await self.deps.insert("alert_deliveries", [row])
+        self.deps.stats.alerts.append(dict(alert))
+        self.deps.stats.deliveries.append(row)
 
-    return post
+
+def case_thread_poster(deps: CaseAgentDeps) -> CaseThreadPoster:
+    return CaseThreadPoster(deps)
+
+
+def forget_positions_on_rebalance(app: faust.App, poster: CaseThreadPoster) -> None:
+    """Clear the poster's cached positions whenever this worker's partitions are revoked.
+
+    A revoked partition may go to another worker that posts and saves a case's next events; when
+    it comes back, a cached position would be behind and an event's reply posted twice.
+    """
+
+    def on_revoked(_app: Any, *_revoked: Any, **_kwargs: Any) -> None:  # (app, revoked, signal=...)
+        poster.forget()
+
+    app.on_partitions_revoked.connect(on_revoked)
 
 
 def add_case_agents(
@@ -196,6 +236,7 @@ def add_case_agents(
 ) -> None:
     desk = deps.desk
     post = case_thread_poster(deps)
+    forget_positions_on_rebalance(app, post)
 
     async def emit(events: list[CaseEvent]) -> None:
         for event in events:

@@ -11,6 +11,11 @@ async code, call the blocking ``wait_for_calls`` via ``asyncio.to_thread``).
         fake.error_next(1, "channel_not_found")
         fake.down(); fake.up()              # refuse connections, then listen on the same port again
         fake.message("C1", ts), fake.replies("C1", ts)  # a message as updated now, its thread replies
+        fake.fail_next(1, status=500, after_storing=True)  # Slack stored the post, then failed anyway
+        fake.ts_base = 1_704_000_000        # the epoch second the next posts' ts start from
+
+A post to a "#name" channel is answered with the channel's id, as Slack does (``C`` and a stable
+hash of the name, see :func:`channel_id`); everything else names a channel by id.
 
 Messages keep the ``metadata`` they were posted with; ``conversations.history`` (newest first, roots
 and unthreaded messages only) and ``conversations.replies`` (the root, then its replies, oldest
@@ -19,6 +24,7 @@ first) return it when asked with ``include_all_metadata``, and page with ``curso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -56,6 +62,7 @@ class _Failure:
     body: dict[str, Any]
     headers: dict[str, str]
     when: When = None
+    after_storing: bool = False  # a post is stored (Slack did it) before the failure is answered
 
     def applies(self, method: str, body: dict[str, Any]) -> bool:
         return self.when is None or self.when(method, body)
@@ -69,7 +76,8 @@ class SlackFake:
         self.calls: list[Call] = []
         self._failures: deque[_Failure] = deque()
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
-        self._ts_base = int(time.time())
+        # A post's ts is "{ts_base}.{n:06d}" for the n-th post: increasing as strings and floats.
+        self.ts_base = int(time.time())
         self._ts_seq = 0
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
@@ -127,18 +135,19 @@ class SlackFake:
     # ``when`` limits a scripted failure to matching calls, e.g. ``lambda m, b: m == "chat.update"``
     # or ``lambda m, b: "thread_ts" in b`` (thread replies); other calls are answered normally.
 
-    def fail_next(self, n: int, status: int = 500, when: When = None) -> None:
-        """Answer the next ``n`` calls with an HTTP error status."""
-        self._script(n, _Failure(status, {"ok": False, "error": f"http_{status}"}, {}, when))
+    def fail_next(self, n: int, status: int = 500, when: When = None, *, after_storing: bool = False) -> None:
+        """Answer the next ``n`` calls with an HTTP error status (``after_storing``: posts still stored)."""
+        body = {"ok": False, "error": f"http_{status}"}
+        self._script(n, _Failure(status, body, {}, when, after_storing))
 
     def rate_limit_next(self, n: int, retry_after: int = 1, when: When = None) -> None:
         """Answer the next ``n`` calls with HTTP 429 and a Retry-After header, as Slack does."""
         headers = {"Retry-After": str(retry_after)}
         self._script(n, _Failure(429, {"ok": False, "error": "ratelimited"}, headers, when))
 
-    def error_next(self, n: int, error: str, when: When = None) -> None:
+    def error_next(self, n: int, error: str, when: When = None, *, after_storing: bool = False) -> None:
         """Answer the next ``n`` calls with HTTP 200 and ``{"ok": false, "error": error}``."""
-        self._script(n, _Failure(200, {"ok": False, "error": error}, {}, when))
+        self._script(n, _Failure(200, {"ok": False, "error": error}, {}, when, after_storing))
 
     def _script(self, n: int, failure: _Failure) -> None:
         with self._cond:
@@ -155,12 +164,13 @@ class SlackFake:
     def message(self, channel: str, ts: str) -> dict[str, Any] | None:
         """The message as Slack holds it now (after any chat.update), or None if never posted."""
         with self._cond:
-            found = self._messages.get((channel, ts))
+            found = self._messages.get((self._id_of(channel), ts))
             return None if found is None else dict(found)
 
     def replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         """The messages posted in the thread of ``thread_ts``, oldest first (the root excluded)."""
         with self._cond:
+            channel = self._id_of(channel)
             found = [
                 m for (c, _), m in self._messages.items() if c == channel and m.get("thread_ts") == thread_ts
             ]
@@ -190,7 +200,15 @@ class SlackFake:
         failure = next((f for f in self._failures if f.applies(method, body)), None)
         if failure is not None:
             self._failures.remove(failure)  # the first matching one: scripted failures keep their order
+            if failure.after_storing:
+                self._serve(method, body, auth)
             return failure.status, dict(failure.body), dict(failure.headers)
+        return self._serve(method, body, auth)
+
+    def _serve(
+        self, method: str, body: dict[str, Any], auth: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The answer of a Slack that works."""
         # Slack accepts the token as a Bearer header or a form field; it answers 200 either way.
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")
         if token != self.token:
@@ -205,8 +223,9 @@ class SlackFake:
         if method == "conversations.replies":
             return 200, self._thread_of(channel, body), {}
         if method == "chat.postMessage":
+            channel = self._id_of(channel)
             self._ts_seq += 1
-            ts = f"{self._ts_base}.{self._ts_seq:06d}"  # increasing both as strings and as floats
+            ts = f"{self.ts_base}.{self._ts_seq:06d}"
             message = {"text": body.get("text", ""), "blocks": body.get("blocks", []), "ts": ts}
             if body.get("thread_ts"):
                 message["thread_ts"] = str(body["thread_ts"])
@@ -225,6 +244,9 @@ class SlackFake:
             {"ok": True, "channel": channel, "ts": ts, "text": message["text"], "message": dict(message)},
             {},
         )
+
+    def _id_of(self, channel: str) -> str:
+        return channel_id(channel) if channel.startswith("#") else channel
 
     def _history(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
         """conversations.history: newest first; thread replies are not in a channel's history."""
@@ -262,6 +284,11 @@ class SlackFake:
             "has_more": more,
             "response_metadata": {"next_cursor": str(start + limit) if more else ""},
         }
+
+
+def channel_id(name: str) -> str:
+    """The id the fake gives the channel ``#name``: stable, so every fake and test agrees on it."""
+    return "C" + hashlib.sha256(name.encode()).hexdigest()[:10].upper()
 
 
 def _in_range(ts: str, body: dict[str, Any]) -> bool:

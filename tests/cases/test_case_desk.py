@@ -78,6 +78,20 @@ def test_listing_by_state_and_thread_positions(store: ClickHouseStore) -> None:
     assert cases.thread(a) == ThreadPosition(a, "C1", "111.1", 3)
 
 
+def test_the_latest_thread_channel_is_the_last_saved_real_one(store: ClickHouseStore) -> None:
+    cases = CaseStore(store)
+    assert cases.latest_thread_channel() is None
+    cases.save_thread(ThreadPosition("case-a", "COLD", "1.1", 4), updated_at=100.0)
+    cases.save_thread(ThreadPosition("case-b", "CNEW", "2.1", 1), updated_at=200.0)
+    # Neither a refused root (no ts) nor a console line nor a "#name" tells a channel id.
+    cases.save_thread(ThreadPosition("case-c", "none", "", 1), updated_at=300.0)
+    cases.save_thread(ThreadPosition("case-d", "console", "case-d", 1), updated_at=400.0)
+    cases.save_thread(ThreadPosition("case-e", "#quality", "3.1", 1), updated_at=500.0)
+    assert cases.latest_thread_channel() == "CNEW"
+    cases.save_thread(ThreadPosition("case-a", "COLD", "1.1", 5), updated_at=600.0)
+    assert cases.latest_thread_channel() == "COLD"
+
+
 def test_the_case_index_answers_from_memory_and_refreshes_when_stale(store: ClickHouseStore) -> None:
     desk = desk_on(store)
     now = [0.0]

@@ -35,7 +35,7 @@ from sinks.slack_threads import (
     root_message,
     thread_reply,
 )
-from tests.slack_fake import SlackFake
+from tests.slack_fake import SlackFake, channel_id
 
 TOKEN = "xoxb-test"
 T0 = 1704164645.0  # 2024-01-02T03:04:05Z
@@ -371,16 +371,26 @@ def test_a_case_whose_first_event_is_not_open_gets_a_root_and_a_reply() -> None:
     assert reply["text"] == "*ana* silenced alerts until 2024-01-02T03:05:05Z: bench test"
 
 
+def is_root_post(method: str, body: dict[str, Any]) -> bool:
+    return method == "chat.postMessage" and "thread_ts" not in body
+
+
 def test_retries_through_500_and_429_with_retry_after() -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
-        fake.fail_next(1, status=500)
-        fake.rate_limit_next(1, retry_after=7)
+        fake.fail_next(1, status=500, when=is_root_post)
+        fake.rate_limit_next(1, retry_after=7, when=is_root_post)
         ref = run(notifier(fake, sleep).deliver(*STORY["open"], None))
-        statuses = [c.status for c in fake.calls]
+        calls = [(c.method, c.status) for c in fake.calls]
 
     assert ref.channel == "C1"
-    assert statuses == [500, 429, 200, 200]  # the history lookup is retried like any call, then the post
+    assert calls == [
+        ("conversations.history", 200),
+        ("chat.postMessage", 500),
+        ("conversations.history", 200),  # a 500 may have posted it after all: look before posting again
+        ("chat.postMessage", 429),
+        ("chat.postMessage", 200),
+    ]
     assert sleep.delays == [0.5, 7.0]  # backoff, then the server's Retry-After
 
 
@@ -398,7 +408,9 @@ def test_replies_and_updates_are_retried_without_duplicates() -> None:
         ("conversations.history", 200, True),
         ("chat.postMessage", 200, True),
         ("chat.postMessage", 200, False),
+        ("conversations.replies", 200, True),  # internal_error may have posted it: not there, post again
         ("chat.postMessage", 200, False),
+        ("conversations.replies", 200, True),
         ("chat.postMessage", 200, True),
         ("chat.update", 503, False),
         ("chat.update", 429, False),
@@ -471,8 +483,12 @@ def test_update_of_a_vanished_root_is_permanent() -> None:
 # --- crash safety: metadata and the lookups before posting --------------------------------------
 
 
-def metadata(case_id: str, seq: int) -> dict[str, Any]:
-    return {"event_type": CASE_EVENT_METADATA, "event_payload": {"case_id": case_id, "seq": seq}}
+SOURCE = "http://rw.example"  # the api_base_url of notifier(), without its trailing slash
+
+
+def metadata(case_id: str, seq: int, source: str = SOURCE) -> dict[str, Any]:
+    payload = {"case_id": case_id, "seq": seq, "source": source}
+    return {"event_type": CASE_EVENT_METADATA, "event_payload": payload}
 
 
 def roots_in(fake: SlackFake, channel: str = "C1") -> list[Any]:
@@ -641,6 +657,7 @@ def test_console_prints_one_line_per_event() -> None:
     out = io.StringIO()
     console = ConsoleThreadNotifier(stream=out)
     refs = run(deliver_all(console, [STORY["open"], STORY["evidence-note"]]))
+    console.learn_channel("C1")  # nothing to learn
     refs.append(run(console.deliver(*STORY["take"], refs[-1], check_posted=True)))  # nothing to check
 
     case_id = STORY["open"][0]["case_id"]
@@ -658,3 +675,209 @@ def test_make_thread_notifier_picks_slack_only_with_a_token() -> None:
     assert slack.case_url("case-1") == "http://rw/v1/cases/case-1"
     assert isinstance(make_thread_notifier(None, "#c", None, "http://rw"), ConsoleThreadNotifier)
     assert isinstance(make_thread_notifier("", "#c", None, "http://rw"), ConsoleThreadNotifier)
+
+
+# --- whose messages count, and when a lookup is made --------------------------------------------
+
+
+def other_case() -> Step:
+    return Story().alert(alert("b1", model="M-200"))
+
+
+def is_lookup(method: str, _body: dict[str, Any]) -> bool:
+    return method.startswith("conversations.")
+
+
+def test_another_installations_thread_is_neither_adopted_nor_hides_our_reply() -> None:
+    # Staging and prod post the same case (same signal, same seqs) to one channel.
+    with SlackFake(token=TOKEN) as fake:
+        staging = SlackThreadNotifier(
+            TOKEN, "C1", base_url=fake.base_url, api_base_url="http://staging.example", sleep=RecordingSleep()
+        )
+        theirs = run(deliver_all(staging, [STORY["open"], STORY["evidence-alert"]]))[0]
+        prod = notifier(fake, RecordingSleep())
+        ours = run(prod.deliver(*STORY["open"], None))
+        run(staging.deliver(*STORY["evidence-alert"], ours))  # their reply #2, in our thread even
+        run(notifier(fake, RecordingSleep()).deliver(*STORY["evidence-alert"], ours, check_posted=True))
+        replies = fake.replies("C1", ours.ts)
+        root = fake.message("C1", ours.ts)
+
+    assert ours.ts != theirs.ts  # their root was not adopted
+    assert root is not None and root["metadata"] == metadata(STORY["open"][0]["case_id"], 1)
+    sources = [r["metadata"]["event_payload"]["source"] for r in replies]
+    assert sources == ["http://staging.example", SOURCE]  # their reply did not pass for ours
+
+
+def test_a_restart_in_a_thread_with_replies_posts_the_next_events_reply() -> None:
+    steps = [STORY[label] for label in ("open", "evidence-alert", "evidence-note")]
+    assessed = STORY["assess"]
+    with SlackFake(token=TOKEN) as fake:
+        ref = run(deliver_all(notifier(fake, RecordingSleep()), steps))[0]
+        run(notifier(fake, RecordingSleep()).deliver(*assessed, ref, check_posted=True))
+        replies = fake.replies("C1", ref.ts)
+
+    # Replies for other seqs of the case are there: only the event's own seq counts as posted.
+    assert [r["metadata"]["event_payload"]["seq"] for r in replies] == [2, 3, 4]
+    assert assessed[1]["seq"] == 4 and replies[-1]["text"] == thread_reply(*assessed)
+
+
+@pytest.mark.parametrize(("posted_before_opening_s", "adopted"), [(1800, True), (7200, False)])
+def test_history_is_read_from_an_hour_before_the_case_opened(
+    posted_before_opening_s: int, adopted: bool
+) -> None:
+    case, _event = STORY["open"]
+    assert case["opened_at"] == T0
+    with SlackFake(token=TOKEN) as fake:
+        fake.ts_base = int(T0) - posted_before_opening_s  # Slack's clock and ours disagree
+        first = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+        again = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+
+    assert (again == first) is adopted
+
+
+def test_an_adopted_root_turns_on_the_reply_check() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        # Root and first reply posted, then a crash before either position was saved.
+        ref = run(deliver_all(notifier(fake, RecordingSleep()), [STORY["open"], STORY["evidence-alert"]]))[0]
+        # The replay of the reply's event knows no thread; the caller did not ask for a check.
+        again = run(notifier(fake, RecordingSleep()).deliver(*STORY["evidence-alert"], None))
+        replies = fake.replies("C1", ref.ts)
+
+    assert again == ref
+    assert len(replies) == 1
+
+
+# --- a channel configured by name ----------------------------------------------------------------
+
+
+def by_name(fake: SlackFake, **kwargs: Any) -> SlackThreadNotifier:
+    return SlackThreadNotifier(
+        TOKEN,
+        "#quality",
+        base_url=fake.base_url,
+        api_base_url="http://rw.example",
+        sleep=RecordingSleep(),
+        **kwargs,
+    )
+
+
+def test_the_fake_answers_a_post_to_a_name_with_the_channels_id() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        ref = run(by_name(fake).deliver(*STORY["open"], None))
+        stored = fake.message(channel_id("#quality"), ref.ts)
+
+    assert ref.channel == channel_id("#quality") and ref.channel.startswith("C")
+    assert stored is not None
+
+
+def test_a_channel_configured_by_name_learns_its_id_from_a_known_thread() -> None:
+    other = other_case()
+    with SlackFake(token=TOKEN) as fake:
+        first = by_name(fake)
+        known = run(first.deliver(*STORY["open"], None))
+        lost = run(first.deliver(*other, None))  # posted, then a crash before its position was saved
+        restarted = by_name(fake)
+        run(restarted.deliver(*STORY["evidence-alert"], known))  # its thread tells the channel id
+        again = run(restarted.deliver(*other, None))
+
+    assert again == lost
+    assert len(roots_in(fake, "#quality")) == 2  # not 3
+
+
+def test_a_learned_channel_id_is_only_a_guess_until_a_root_post_answers() -> None:
+    cases = [STORY["open"], other_case()]
+    with SlackFake(token=TOKEN) as fake:
+        slack = by_name(fake)
+        for not_an_id in ("none", "console", "", "#quality"):
+            slack.learn_channel(not_an_id)
+        slack.learn_channel("CSTALE")  # the channel configured before
+        for case, event in cases:
+            run(slack.deliver(case, event, None))
+        looked_in = [c.body["channel"] for c in fake.calls if c.method == "conversations.history"]
+
+    assert looked_in == ["CSTALE", channel_id("#quality")]  # the first root's answer corrected it
+
+
+# --- lookups never hold delivery up -------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("refusal", ["ratelimited", "missing_scope"])
+def test_a_rate_limited_or_refused_lookup_pauses_lookups_for_ten_minutes(
+    refusal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cases = [Story().alert(alert(f"x{n}", model=f"M-{n}")) for n in range(4)]
+    clock, sleep = Clock(), RecordingSleep()
+    with SlackFake(token=TOKEN) as fake:
+        if refusal == "ratelimited":
+            fake.rate_limit_next(1, retry_after=60, when=is_lookup)  # history: 1 call a minute
+        else:
+            fake.error_next(1, "missing_scope", when=is_lookup)  # then the scope was granted
+        slack = notifier(fake, sleep, monotonic=clock)
+        lookups = []
+        with caplog.at_level(logging.WARNING, logger="sinks.slack_threads"):
+            for case, advance in zip(cases, (0.0, 599.0, 2.0, 0.0), strict=True):
+                clock.now += advance
+                run(slack.deliver(*case, None))
+                lookups.append(sum(is_lookup(c.method, c.body) for c in fake.calls))
+
+    assert len(roots_in(fake)) == 4  # every case posted
+    assert lookups == [1, 1, 2, 3]  # refused; paused (599 s later); 601 s later: lookups again
+    assert sleep.delays == []  # no Retry-After waited for
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and refusal in warnings[0], warnings
+
+
+def test_a_failing_lookup_is_tried_three_times_then_the_root_is_posted() -> None:
+    sleep = RecordingSleep()
+    with SlackFake(token=TOKEN) as fake:
+        fake.fail_next(3, status=503, when=is_lookup)
+        slack = notifier(fake, sleep)
+        run(slack.deliver(*STORY["open"], None))
+        run(slack.deliver(*other_case(), None))
+        methods = [(c.method, c.status) for c in fake.calls]
+
+    assert methods == [
+        *[("conversations.history", 503)] * 3,
+        ("chat.postMessage", 200),
+        ("conversations.history", 200),  # a passing failure pauses nothing
+        ("chat.postMessage", 200),
+    ]
+    assert sleep.delays == [0.5, 1.0]
+
+
+# --- a post that failed after Slack stored it ---------------------------------------------------
+
+
+def test_a_root_post_that_failed_after_slack_stored_it_is_not_posted_again() -> None:
+    with SlackFake(token=TOKEN) as fake:
+        fake.fail_next(1, status=500, when=is_root_post, after_storing=True)
+        ref = run(notifier(fake, RecordingSleep()).deliver(*STORY["open"], None))
+        methods = [(c.method, c.status) for c in fake.calls]
+
+    assert methods == [
+        ("conversations.history", 200),
+        ("chat.postMessage", 500),
+        ("conversations.history", 200),  # found: the 500 came after the post was stored
+    ]
+    assert [c.response.get("ts") for c in fake.calls if c.method == "chat.postMessage"] == [None]
+    assert ref.channel == "C1" and fake.message("C1", ref.ts) is not None
+
+
+def test_a_reply_that_failed_after_slack_stored_it_is_not_posted_again() -> None:
+    is_reply = lambda method, body: method == "chat.postMessage" and "thread_ts" in body  # noqa: E731
+    with SlackFake(token=TOKEN) as fake:
+        slack = notifier(fake, RecordingSleep())
+        ref = run(slack.deliver(*STORY["open"], None))
+        fake.error_next(1, "internal_error", when=is_reply, after_storing=True)
+        run(slack.deliver(*STORY["evidence-alert"], ref))
+        replies = fake.replies("C1", ref.ts)
+
+    assert len(replies) == 1

@@ -14,14 +14,22 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import faust
+
 from cases.commands import Command
 from cases.risk import DEFAULT_MATRIX
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, ThreadPosition
 from sinks.clickhouse import ClickHouseStore
 from sinks.slack_threads import SlackThreadNotifier, ThreadRef
-from streams.case_agents import CaseAgentDeps, PostCaseEvent, case_thread_poster, reply_target
-from tests.slack_fake import SlackFake
+from streams.case_agents import (
+    CaseAgentDeps,
+    CaseThreadPoster,
+    case_thread_poster,
+    forget_positions_on_rebalance,
+    reply_target,
+)
+from tests.slack_fake import SlackFake, channel_id
 
 TOKEN = "xoxb-test"
 T0 = 1_700_000_000.0
@@ -47,7 +55,8 @@ def test_after_a_refused_root_the_next_event_tries_a_root_again() -> None:
 class Worker:
     """The case desk on the real store and one process's case-threads handler."""
 
-    def __init__(self, store: ClickHouseStore, fake: SlackFake) -> None:
+    def __init__(self, store: ClickHouseStore, fake: SlackFake, channel: str = "C1") -> None:
+        self.channel = channel
         ticks = itertools.count()
         self.clock: Callable[[], float] = lambda: T0 + next(ticks)
         self.desk = CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=self.clock)
@@ -55,9 +64,9 @@ class Worker:
         self.post = self.restart()
 
     def notifier(self) -> SlackThreadNotifier:
-        return SlackThreadNotifier(TOKEN, "C1", base_url=self.fake.base_url, sleep=_no_wait)
+        return SlackThreadNotifier(TOKEN, self.channel, base_url=self.fake.base_url, sleep=_no_wait)
 
-    def restart(self) -> PostCaseEvent:
+    def restart(self) -> CaseThreadPoster:
         """A fresh handler: what the worker is after kill -9 and a start."""
 
         async def insert(table: str, rows: list[dict[str, Any]]) -> None:
@@ -73,8 +82,8 @@ class Worker:
         deps = CaseAgentDeps(self.desk, self.notifier(), insert, retry, self.clock, stats, reject)
         return case_thread_poster(deps)
 
-    def alert(self, alert_id: str) -> Delivery:
-        fields = {"alert_id": alert_id, "model": "M-1", "batch": "B-1", "failure_mode": "brakes",
+    def alert(self, alert_id: str, model: str = "M-1") -> Delivery:
+        fields = {"alert_id": alert_id, "model": model, "batch": "B-1", "failure_mode": "brakes",
                   "count": 9, "expected": 2.0, "detector": "cusum", "config_version": "v1"}  # fmt: skip
         [event] = self.desk.on_alert(fields, self.clock())
         return self._delivery(event.case_id, event.to_dict())
@@ -148,3 +157,43 @@ def test_a_reply_posted_before_a_crash_is_not_posted_twice(store: ClickHouseStor
     assert after == ["chat.postMessage", "chat.update"]
     assert [r["metadata"]["event_payload"]["seq"] for r in replies] == [2, 3, 4]
     assert worker.desk.store.thread(case_id) == ThreadPosition(case_id, "C1", position.ts, 4)
+
+
+def test_a_channel_configured_by_name_finds_a_root_lost_in_a_crash_after_a_restart(
+    store: ClickHouseStore,
+) -> None:
+    with SlackFake(token=TOKEN) as fake:
+        worker = Worker(store, fake, channel="#quality")
+        asyncio.run(worker.post(*worker.alert("a1")))  # an earlier case: its position names the id
+        opened = worker.alert("b1", model="M-2")
+        posted = worker.crash_after_posting(opened, None)
+
+        post = worker.restart()  # knows the channel by name only, until the store tells its id
+        asyncio.run(post(*opened))  # Kafka delivers the open event again: its first event
+        position = worker.desk.store.thread(opened[0])
+
+    assert len(roots(fake)) == 2  # one per case
+    assert position == ThreadPosition(opened[0], channel_id("#quality"), posted.ts, 1)
+
+
+def test_after_forget_a_cached_case_is_looked_up_before_posting(store: ClickHouseStore) -> None:
+    with SlackFake(token=TOKEN) as fake:
+        worker = Worker(store, fake)
+        opened = worker.alert("a1")
+        asyncio.run(worker.post(*opened))
+        fake.calls.clear()
+        worker.post.forget()  # the partition went to another worker and came back
+        asyncio.run(worker.post(*worker.alert("a2")))
+        methods = [c.method for c in fake.calls]
+
+    assert methods == ["conversations.replies", "chat.postMessage", "chat.update"]
+
+
+def test_revoked_partitions_make_the_poster_forget() -> None:
+    forgotten = []
+    poster = SimpleNamespace(forget=lambda: forgotten.append(True))
+    app = faust.App("case-agents-test", broker="memory://", store="memory://")
+    forget_positions_on_rebalance(app, poster)  # type: ignore[arg-type]
+    asyncio.run(app.on_partitions_revoked.send(set()))
+
+    assert forgotten == [True]
