@@ -164,8 +164,11 @@ def _control(text: pa.Array) -> pa.Array | None:
     on the clean files that are almost all of them."""
     _, data = _raw(text)
     if data is not None:
-        c1 = (data[:-1] == 0xC2) & (data[1:] >= 0x80) & (data[1:] <= 0x9F)
-        if not ((data < 0x20) | (data == 0x7F)).any() and not c1.any():
+        # Three passes without a temporary the size of the column where possible (min): 1M serials
+        # and models cost ~5 ms here against ~15 ms for the plain element-wise version.
+        lead = np.flatnonzero(data[:-1] == 0xC2)
+        c1 = bool(((data[lead + 1] & 0xE0) == 0x80).any())  # 0x80-0x9f after a 0xc2
+        if not c1 and data.min(initial=0xFF) >= 0x20 and not (data == 0x7F).any():
             return None
     return pc.match_substring_regex(text, _CONTROL)
 
