@@ -45,6 +45,7 @@ from streams.processing import (
     RATE_SCHEMA,
     RawRecord,
     alert_row,
+    dead_letter_headers,
     process_batch,
     reject_row,
     rows_table,
@@ -360,8 +361,7 @@ def create_app(
                     stats.alert_sent_at[alert.alert_id] = clock()
                 for record, reason in result.dead_letters:
                     await dlq_topic.send(
-                        value=record.value or b"",
-                        headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
+                        value=record.value or b"", headers=dead_letter_headers(k.events_topic, record, reason)
                     )
                 pending.add(batch, result, [alert_row(a, clock()) for a in result.alerts])
                 if result.replayed:
@@ -412,8 +412,7 @@ def create_app(
                     shipped.add(serial)
         for record, reason in rejects:
             await dlq_topic.send(
-                value=record.value or b"",
-                headers={"reason": reason.encode()[:4000], "src_offset": str(record.offset).encode()},
+                value=record.value or b"", headers=dead_letter_headers(k.registry_topic, record, reason)
             )
         await insert("rejects", [reject_row(k.registry_topic, r, why, clock()) for r, why in rejects])
         stats.rejected += len(rejects)
@@ -450,13 +449,9 @@ def create_app(
         topic, partition, offset = (
             (k.alerts_topic, 0, 0) if source is None else (source.topic, source.partition, source.offset)
         )
-        headers = {
-            "reason": reason.encode()[:4000],
-            "src_topic": topic.encode(),
-            "src_offset": str(offset).encode(),
-        }
-        await dlq_topic.send(value=payload, headers=headers)
-        row = reject_row(topic, RawRecord(partition, offset, clock(), payload), reason, clock())
+        record = RawRecord(partition, offset, clock(), payload)
+        await dlq_topic.send(value=payload, headers=dead_letter_headers(topic, record, reason))
+        row = reject_row(topic, record, reason, clock())
         if source is None:  # no position to key it by: the payload is the next best thing
             row["reject_id"] = f"{topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
         await insert("rejects", [row])

@@ -156,6 +156,20 @@ def reject_row(topic: str, record: SourceRecord, reason: str, rejected_at: float
     }
 
 
+def dead_letter_headers(topic: str, record: SourceRecord, reason: str) -> dict[str, bytes]:
+    """The headers of a rejected message's copy on the dead-letter topic: why, and where it came from.
+
+    Topic, partition and offset name the original (the rejects row's key too), so a consumer of the
+    dead-letter topic can find it, and drop the copy a replay after a crash sends again.
+    """
+    return {
+        "reason": reason.encode()[:4000],
+        "src_topic": topic.encode(),
+        "src_partition": str(record.partition).encode(),
+        "src_offset": str(record.offset).encode(),
+    }
+
+
 def alert_row(alert: Alert, created_at: float) -> dict[str, Any]:
     row = alert.to_dict()
     row["opened_at"] = int(alert.opened_at)

@@ -7,6 +7,7 @@ import time
 
 import orjson
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable, open_store
 from streams.broker import running_broker
@@ -86,6 +87,25 @@ BAD = [
 ]
 
 
+def dead_letters(bootstrap: str, n: int, timeout: float = 60) -> list[tuple[bytes, dict[str, str]]]:
+    """The first ``n`` messages on the dead-letter topic (all partitions): value and headers."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    try:
+        partitions = [
+            TopicPartition("rw.events.dlq", p) for p in consumer.partitions_for_topic("rw.events.dlq")
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        got: list[tuple[bytes, dict[str, str]]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                got += [(r.value, {k: v.decode() for k, v in r.headers}) for r in records]
+        return got
+    finally:
+        consumer.close()
+
+
 def test_registry_events_update_units_and_send_population_counts(tmp_path):
     if shutil.which("clickhouse-server") is None:
         pytest.skip("clickhouse-server is not installed")
@@ -113,6 +133,7 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
                 producer.send("rw.alerts", key=b"case-x", value=b'{"alert_id": null}').get(timeout=30)
                 for _ in range(2)
             ]
+            bad_event = producer.send("rw.events", key=b"KT|B1", value=b'{"kind": "rumour"}').get(timeout=30)
             producer.flush()
             # Shipments and the ownership change land in separate merges (KT-0003's events follow one
             # another on its partition, but another partition may finish first): wait for both.
@@ -145,6 +166,23 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
             kept = query(url, tmp_path, case_sql)
             assert [(r["partition"], r["offset"]) for r in kept] == [(m.partition, m.offset) for m in sent]
             assert all("neither an alert nor a case command" in r["reason"] for r in kept)
+            # Every rejected message is also on the dead-letter topic, as it came, with why and where from.
+            letters = dead_letters(broker.bootstrap, 6)
+            by_source = {
+                (h["src_topic"], int(h["src_partition"]), int(h["src_offset"])): (v, h) for v, h in letters
+            }
+            wanted = [("rw.alerts", m.partition, m.offset) for m in sent]
+            wanted.append(("rw.events", bad_event.partition, bad_event.offset))
+            assert set(wanted) <= set(by_source)
+            assert (
+                by_source[wanted[0]][0] == b'{"alert_id": null}'
+                and by_source[wanted[-1]][0] == b'{"kind": "rumour"}'
+            )
+            registry_letters = sorted(
+                v for (topic, _, _), (v, _) in by_source.items() if topic == "rw.registry"
+            )
+            assert registry_letters == sorted(BAD)
+            assert all(h["reason"] for _, h in letters)
 
             pop_sql = (
                 "SELECT batch, max(units) AS n FROM events FINAL WHERE kind = 'population'"
