@@ -196,11 +196,37 @@ def _rank_label(rank: Any) -> str:
     return f"{float(rank['score']):.0%} (ranker {rank.get('ranker', '?')})"
 
 
-def _latest_evidence(case: Mapping[str, Any]) -> str:
+def _latest_alert(case: Mapping[str, Any]) -> Mapping[str, Any] | None:
     alerts = [e for e in case.get("evidence", ()) if "alert_id" in e]
-    if not alerts:
-        return "no alerts yet"
-    return f"alert {alerts[-1]['alert_id']}: {_alert_summary(alerts[-1])}"
+    return alerts[-1] if alerts else None
+
+
+def _latest_evidence(case: Mapping[str, Any]) -> str:
+    alert = _latest_alert(case)
+    return "no alerts yet" if alert is None else f"alert {alert['alert_id']}: {_alert_summary(alert)}"
+
+
+def _positive(value: Any) -> float | None:
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+    )
+
+
+def _signal_facts(case: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the latest alert says about the cell: its rate against the expected one, and the units
+    in the field that share the risk. A detector without fleet sizes (the peer scan on complaint
+    counts) has no rate or units: it says so rather than print zeros."""
+    alert = _latest_alert(case)
+    if alert is None:
+        return []
+    units = _positive(alert.get("units_in_field"))
+    if units is None:
+        rate = f"{_num(alert.get('count'))} incidents vs {_num(alert.get('expected'))} expected"
+        return [("Rate vs expected", rate), ("Units at risk", "unknown (no fleet size)")]
+    observed = float(alert.get("rate_per_1000") or 0.0)
+    expected = float(alert.get("expected_rate_per_1000") or 0.0)
+    rate = f"{observed:.2f} vs {expected:.2f} expected per 1,000 units"
+    return [("Rate vs expected", rate), ("Units at risk", f"{units:,.0f}")]
 
 
 def _people(case: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -226,6 +252,12 @@ def _root_facts(case: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _fields(facts: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"type": "mrkdwn", "text": f"*{label}*\n{_esc(value, _FIELD_MAX_CHARS)}"} for label, value in facts
+    ]
+
+
 def _button(action_id: str, text: str, case_id: str, url: str | None = None) -> dict[str, Any]:
     button: dict[str, Any] = {
         "type": "button",
@@ -241,14 +273,15 @@ def _button(action_id: str, text: str, case_id: str, url: str | None = None) -> 
 def root_message(case: dict[str, Any], case_url: str) -> tuple[str, list[dict[str, Any]]]:
     """Fallback text and Block Kit blocks for the root message of ``case`` (a view_to_dict dict)."""
     case_id = str(case["case_id"])
-    fields = [
-        {"type": "mrkdwn", "text": f"*{label}*\n{_esc(value, _FIELD_MAX_CHARS)}"}
-        for label, value in _root_facts(case)
-    ]
     blocks: list[dict[str, Any]] = [
         # plain_text is never parsed for links or mentions, so the header needs no escaping.
         {"type": "header", "text": {"type": "plain_text", "text": header_text(str(case["title"]))}},
-        {"type": "section", "fields": fields},
+    ]
+    # Two sections: Slack takes at most 10 fields in one, and the case's facts fill it.
+    for facts in (_signal_facts(case), _root_facts(case)):
+        if facts:
+            blocks.append({"type": "section", "fields": _fields(facts)})
+    blocks += [
         {
             "type": "actions",
             "elements": [
@@ -260,7 +293,9 @@ def root_message(case: dict[str, Any], case_url: str) -> tuple[str, list[dict[st
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"case `{escape_mrkdwn(case_id)}`"}]},
     ]
     # The fallback text shows in notifications and is parsed as mrkdwn, hence escaped too.
-    text = f"Recall case {_esc(case['title'])}: {_esc(_state_label(case))}. <{case_url}|Open in RecallWatch>"
+    signal = "".join(f" {label}: {_esc(value)}." for label, value in _signal_facts(case))
+    state = _esc(_state_label(case))
+    text = f"Recall case {_esc(case['title'])}: {state}.{signal} <{case_url}|Open in RecallWatch>"
     return text, blocks
 
 

@@ -95,6 +95,10 @@ def test_alert_opens_a_case_whose_slack_thread_follows_every_decision(tmp_path: 
             root = next(c for c in roots if case_id in json.dumps(c.body))
             thread_ts = root.response["ts"]
             assert root.body["blocks"][0]["text"]["text"].startswith("KT-200 batch KT-200-B04")
+            # The cell's rate against the expected one, and its units in the field (the simulator's
+            # shipments give the worker fleet sizes).
+            signal = json.dumps(root.body["blocks"])
+            assert "per 1,000 units" in signal and "Units at risk" in signal and "no fleet size" not in signal
             # The worker ranked the alert with the shipped ranker, from the events in ClickHouse.
             rank = cases[-1]["rank"]
             assert rank["ranker"] == "alarm-ranker-v1" and 0.0 <= rank["score"] <= 1.0, cases[-1]
