@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+
+from streams.records import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,3 +41,31 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def with_closing_shipments(events: list[Event]) -> list[Event]:
+    """``events`` and, two days after the last, one shipment per cell: it closes every open
+    bucket, so every incident reaches the rates."""
+    last = max(e.occurred_at for e in events)
+    cells = sorted({(e.model, e.batch) for e in events})
+    closing = [
+        Event(
+            event_id=f"close-{m}-{b}",
+            kind="shipment",
+            occurred_at=last + timedelta(days=2),
+            model=m,
+            batch=b,
+            units=1,
+        )
+        for m, b in cells
+    ]
+    return events + closing
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, diagnose=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}. {diagnose()}")
