@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_api
-from core.access import AccessPolicy
+from core.access import ROLES, AccessPolicy
 from recallwatch.registry_import import import_files
 from sinks.registry_store import RegistryStore
 
@@ -184,3 +184,34 @@ def test_unit_lookups_query_off_the_event_loop(store, tmp_path: Path) -> None:
         assert c.get("/v1/units/KT-00001", headers=OPS).json()["unit"]["model"] == "KT"
         assert c.get("/v1/units/KT-99999", headers=OPS).status_code == 404
     assert watching.on_loop == []
+
+
+def test_every_contact_field_is_shown_only_to_the_contact_roles(store, tmp_path: Path) -> None:
+    # Each of phone, email and member id, for every role, in the lookup and in the CSV export. Named
+    # here, not taken from the code's list, so dropping one from that list fails this test.
+    contact_fields = ("customer_phone", "customer_email", "member_id")
+    path = tmp_path / "owners.csv"
+    path.write_text(
+        "serial,model,batch,customer_id,customer_phone,customer_email,member_id,contact_consent\n"
+        "KT-1,KT,B1,C-1,+44 20 7946 0000,ann@example.com,M-77,yes\n"
+    )
+    import_files([path], RegistryStore(store), now=1_760_000_000, progress=False)
+    keys = {f"{role}-key": role for role in ROLES}
+    policy = AccessPolicy(keys=keys, anonymous_role=None)
+    with TestClient(create_api(store, "http://rw.test", policy)) as c:
+        for key, role in keys.items():
+            headers = {"X-API-Key": key}
+            unit = c.get("/v1/units/KT-1", headers=headers).json()["unit"]
+            [row] = csv.DictReader(
+                io.StringIO(c.post("/v1/scopes/units.csv", json={"batches": ["B1"]}, headers=headers).text)
+            )
+            sees = policy.sees_contacts(role)
+            for shown in (unit, row):
+                assert {f: f in shown for f in contact_fields} == dict.fromkeys(contact_fields, sees), role
+                assert shown["customer_id"] == "C-1"  # an internal id, not a way to reach anyone
+            if sees:
+                assert (unit["customer_phone"], unit["customer_email"], unit["member_id"]) == (
+                    "+44 20 7946 0000",
+                    "ann@example.com",
+                    "M-77",
+                )
