@@ -6,6 +6,7 @@ import pytest
 from core.alerts import ALL_MODES
 from core.cells import CellState
 from core.config import DetectionConfig
+from models import build_detector
 
 DAY = 86_400
 CFG = DetectionConfig(bucket_s=DAY, windows_s=(7 * DAY,), cooldown_buckets=3, max_catchup_buckets=50)
@@ -82,6 +83,9 @@ def test_a_step_opens_one_alert_per_episode_and_names_its_detector():
     assert len(fm_alerts) == 1
     alert = fm_alerts[0]
     assert alert.detector in alert.detectors_fired and alert.config_version == CFG.version
+    # Issue 4: every alert records its detector's parameters, as the detector reports them.
+    params = dict(CFG.detectors)[alert.detector]
+    assert alert.detector_params and alert.detector_params == build_detector(alert.detector, params).params()
     assert alert.count > alert.expected and alert.units_in_field == 10_000
     # The aggregate is explained by the failure mode: no second alert for the same signal.
     assert not [a for a in alerts if a.failure_mode == ALL_MODES]

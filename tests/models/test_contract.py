@@ -123,3 +123,26 @@ def test_page_hinkley_peek_matches_a_real_river_update():
         trial.update(value)
         assert det._peek(value) == pytest.approx(det._statistic(trial), abs=1e-9)
         det.learn_one({"count": count, "exposure": 10_000.0})
+
+
+def test_every_detector_in_models_is_registered_so_this_contract_runs_on_it():
+    # The checks above iterate DETECTORS: a detector module that is not registered would skip them.
+    import inspect
+    import pkgutil
+
+    import models
+
+    found = {}
+    for info in pkgutil.iter_modules(models.__path__):
+        module = importlib.import_module(f"models.{info.name}")
+        for cls in vars(module).values():
+            defined_here = inspect.isclass(cls) and cls.__module__ == module.__name__
+            if (
+                defined_here
+                and not getattr(cls, "_is_protocol", False)  # models.base.Detector, the interface
+                and isinstance(getattr(cls, "name", None), str)  # the abstract bases have no name
+                and callable(getattr(cls, "learn_one", None))
+                and callable(getattr(cls, "score_one", None))
+            ):
+                found[cls.name] = cls
+    assert found == DETECTORS
