@@ -23,6 +23,29 @@ from core.access import AccessPolicy
 from core.config import DetectionConfig
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+# Settings that are secrets: the environment only (RW_API__KEYS, RW_SLACK__TOKEN, ...), never a file
+# that could be committed, copied into an image or shown in a review.
+SECRET_SETTINGS = (("api", "keys"), ("slack", "token"), ("slack", "signing_secret"))
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be used as it is (it sets a secret)."""
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        found = [
+            f"{section}.{key}"
+            for section, key in SECRET_SETTINGS
+            if isinstance(data.get(section), dict) and key in data[section]
+        ]
+        if found:
+            names = ", ".join(f"RW_{s.upper()}__{k.upper()}" for s, k in SECRET_SETTINGS)
+            raise ConfigFileError(
+                f"{file_path} sets {', '.join(found)}: secrets come from the environment only ({names})"
+            )
+        return data
 
 
 class KafkaSettings(BaseModel):
@@ -167,7 +190,7 @@ class Settings(BaseSettings):
         if user_file:
             files.append(Path(user_file))
         # Later files win in TomlConfigSettingsSource's deep merge order.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+        return (init_settings, env_settings, _TomlWithoutSecrets(settings_cls, toml_file=files))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -21,7 +21,10 @@ log = logging.getLogger("recallwatch")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a config file or variable that cannot be used: say why, no traceback
+        raise SystemExit(f"recallwatch: bad configuration: {exc}") from None
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         stream=sys.stderr,

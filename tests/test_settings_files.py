@@ -1,0 +1,72 @@
+"""Config files carry everything but secrets: those come from the environment only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigFileError, load_settings
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in list(os.environ):
+        if name.startswith("RW_"):
+            monkeypatch.delenv(name)
+
+    def write(text: str) -> Path:
+        path = tmp_path / "site.toml"
+        path.write_text(text)
+        monkeypatch.setenv("RW_CONFIG_FILE", str(path))
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[slack]\ntoken = "xoxb-committed"\n', "slack.token"),
+        ('[slack]\nsigning_secret = "s3cret"\n', "slack.signing_secret"),
+        ('[api]\nkeys = { "k-123" = "admin" }\n', "api.keys"),
+    ],
+)
+def test_a_config_file_that_sets_a_secret_is_refused_with_the_reason(
+    config_file, text: str, named: str
+) -> None:
+    path = config_file(text)
+    with pytest.raises(ConfigFileError) as refused:
+        load_settings()
+    assert str(path) in str(refused.value) and named in str(refused.value)
+    assert "environment only" in str(refused.value)
+
+
+def test_the_same_secret_from_the_environment_and_other_settings_from_a_file_are_taken(
+    config_file, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file('[slack]\nchannel = "C0123"\n')
+    monkeypatch.setenv("RW_SLACK__TOKEN", "xoxb-from-env")
+    settings = load_settings()
+    assert settings.slack.channel == "C0123"
+    assert settings.slack.token is not None and settings.slack.token.get_secret_value() == "xoxb-from-env"
+
+
+def test_the_shipped_defaults_set_no_secret(config_file) -> None:
+    config_file("")
+    settings = load_settings()
+    assert settings.slack.token is None and settings.slack.signing_secret is None and settings.api.keys == {}
+
+
+def test_the_cli_says_why_and_stops_without_a_traceback(config_file, tmp_path: Path) -> None:
+    config_file('[slack]\ntoken = "xoxb-committed"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "recallwatch.cli", "registry", "import", str(tmp_path / "none.csv")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=os.environ.copy(),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "bad configuration" in done.stderr and "slack.token" in done.stderr
+    assert "Traceback" not in done.stderr
