@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -16,7 +15,7 @@ from streams.broker import running_broker
 from streams.producer import ensure_topics, make_producer, send_event
 from streams.records import Event
 from streams.simulator import SimulationConfig, Simulator
-from tests.e2e.processes import cli_env, start_cli, stop
+from tests.e2e.processes import cli_env, start_cli, stop, wait_for, with_closing_shipments
 from tests.slack_fake import SlackFake
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.server]
@@ -25,31 +24,7 @@ TOPICS = {"RW_KAFKA__EVENTS_TOPIC": "rw.events", "RW_KAFKA__PARTITIONS": "4"}
 
 def simulated_events(days: int) -> list[Event]:
     sim = Simulator(SimulationConfig(seed=11, days=days, defect=SimulationConfig.default_defect(25)))
-    events = [e for _, day in sim.run() for e in day]
-    # A last shipment per cell a day later closes every open bucket, so all counts reach the rates.
-    last = max(e.occurred_at for e in events)
-    cells = {(e.model, e.batch) for e in events}
-    closing = [
-        Event(
-            event_id=f"close-{m}-{b}",
-            kind="shipment",
-            occurred_at=last + timedelta(days=2),
-            model=m,
-            batch=b,
-            units=1,
-        )
-        for m, b in sorted(cells)
-    ]
-    return events + closing
-
-
-def wait_for(predicate, timeout: float, what: str, diagnose=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}. {diagnose()}")
+    return with_closing_shipments([e for _, day in sim.run() for e in day])
 
 
 def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_url):

@@ -90,7 +90,7 @@ def test_an_alert_is_ranked_from_its_context_and_the_case_shows_it(store: ClickH
     case = view_to_dict(desk.view(event.case_id))
     assert case["rank"] == {"score": rank["score"], "ranker": "alarm-ranker-v1"}
     _, blocks = root_message(case, "http://x/cases/1")
-    facts = " ".join(f["text"] for f in blocks[1]["fields"])
+    facts = " ".join(f["text"] for b in blocks if b["type"] == "section" for f in b["fields"])
     assert f"Recall likelihood*\n{rank['score']:.0%} (ranker alarm-ranker-v1)" in facts
 
 
