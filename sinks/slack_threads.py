@@ -573,8 +573,7 @@ class SlackThreadNotifier:
                 self.channel,
             )
             return None
-        opened = case.get("opened_at") or event.get("at")
-        oldest = f"{float(opened) - _LOOKBACK_MARGIN_S:.6f}" if isinstance(opened, int | float) else None
+        oldest = _read_from(case.get("opened_at") or event.get("at"))
 
         def page(cursor: str | None) -> Awaitable[AsyncSlackResponse]:
             return self.client.conversations_history(
@@ -599,8 +598,7 @@ class SlackThreadNotifier:
     async def _replied(self, thread: ThreadRef, event: dict[str, Any]) -> bool:
         """Whether the thread already holds the reply for ``event``."""
         case_id, seq = str(event["case_id"]), int(event["seq"])
-        at = event.get("at")
-        oldest = f"{float(at) - _LOOKBACK_MARGIN_S:.6f}" if isinstance(at, int | float) else None
+        oldest = _read_from(event.get("at"))
 
         def page(cursor: str | None) -> Awaitable[AsyncSlackResponse]:
             return self.client.conversations_replies(
@@ -676,6 +674,11 @@ class SlackThreadNotifier:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message, *args)
+
+
+def _read_from(at: Any) -> str | None:
+    """The ``oldest`` bound of a lookup for what was posted at or after ``at`` (None: no bound)."""
+    return f"{float(at) - _LOOKBACK_MARGIN_S:.6f}" if isinstance(at, int | float) else None
 
 
 def _first(

@@ -360,9 +360,7 @@ def create_app(
                     await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
                     stats.alert_sent_at[alert.alert_id] = clock()
                 for record, reason in result.dead_letters:
-                    await dlq_topic.send(
-                        value=record.value or b"", headers=dead_letter_headers(k.events_topic, record, reason)
-                    )
+                    await dead_letter(k.events_topic, record, reason)
                 pending.add(batch, result, [alert_row(a, clock()) for a in result.alerts])
                 if result.replayed:
                     log.warning("skipped %d replayed events their cells had already applied", result.replayed)
@@ -411,9 +409,7 @@ def create_app(
                 if line in checked.shipment_offsets and line not in refused:
                     shipped.add(serial)
         for record, reason in rejects:
-            await dlq_topic.send(
-                value=record.value or b"", headers=dead_letter_headers(k.registry_topic, record, reason)
-            )
+            await dead_letter(k.registry_topic, record, reason)
         await insert("rejects", [reject_row(k.registry_topic, r, why, clock()) for r, why in rejects])
         stats.rejected += len(rejects)
         if shipped:
@@ -442,6 +438,10 @@ def create_app(
             }
             await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
 
+    async def dead_letter(topic: str, record: Any, reason: str) -> None:
+        """A rejected message's copy on the dead-letter topic, as it came, with why and where from."""
+        await dlq_topic.send(value=record.value or b"", headers=dead_letter_headers(topic, record, reason))
+
     async def reject(payload: bytes, reason: str, source: Any) -> None:
         """A message the case agents cannot read: to the dead-letter topic and the rejects table,
         under the topic, partition and offset it came from (a replay writes the same row again)."""
@@ -450,7 +450,7 @@ def create_app(
             (k.alerts_topic, 0, 0) if source is None else (source.topic, source.partition, source.offset)
         )
         record = RawRecord(partition, offset, clock(), payload)
-        await dlq_topic.send(value=payload, headers=dead_letter_headers(topic, record, reason))
+        await dead_letter(topic, record, reason)
         row = reject_row(topic, record, reason, clock())
         if source is None:  # no position to key it by: the payload is the next best thing
             row["reject_id"] = f"{topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"

@@ -209,10 +209,6 @@ class CaseThreadPoster:
         self.deps.stats.deliveries.append(row)
 
 
-def case_thread_poster(deps: CaseAgentDeps) -> CaseThreadPoster:
-    return CaseThreadPoster(deps)
-
-
 def forget_positions_on_rebalance(app: faust.App, poster: CaseThreadPoster) -> None:
     """Clear the poster's cached positions whenever this worker's partitions are revoked.
 
@@ -235,7 +231,7 @@ def add_case_agents(
     escalation_check_s: float,
 ) -> None:
     desk = deps.desk
-    post = case_thread_poster(deps)
+    post = CaseThreadPoster(deps)
     forget_positions_on_rebalance(app, post)
 
     async def emit(events: list[CaseEvent]) -> None:

@@ -1,6 +1,6 @@
 """Which Slack thread a case's next event goes to, after deliveries that worked, failed or crashed.
 
-The crash tests run the case-threads agent's handler (``case_thread_poster``) on the real case
+The crash tests run the case-threads agent's handler (``CaseThreadPoster``) on the real case
 desk and store, posting to SlackFake: a worker killed after Slack accepted a post but before the
 position was saved is played by a notifier that posts and saves nothing, then a fresh handler (the
 restarted worker, with an empty cache) gets the same event again from Kafka.
@@ -25,7 +25,6 @@ from sinks.slack_threads import SlackThreadNotifier, ThreadRef
 from streams.case_agents import (
     CaseAgentDeps,
     CaseThreadPoster,
-    case_thread_poster,
     forget_positions_on_rebalance,
     reply_target,
 )
@@ -80,7 +79,7 @@ class Worker:
 
         stats = SimpleNamespace(alerts=[], deliveries=[])
         deps = CaseAgentDeps(self.desk, self.notifier(), insert, retry, self.clock, stats, reject)
-        return case_thread_poster(deps)
+        return CaseThreadPoster(deps)
 
     def alert(self, alert_id: str, model: str = "M-1") -> Delivery:
         fields = {"alert_id": alert_id, "model": model, "batch": "B-1", "failure_mode": "brakes",
