@@ -16,11 +16,11 @@ import asyncio
 import gc
 import hashlib
 import logging
-import pickle
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,6 @@ import orjson
 
 from cases.risk import load_risk_matrix
 from config.settings import Settings
-from core.cells import CellState
 from models.alarm_ranker import AlarmRanker
 from recallwatch.case_desk import CaseDesk
 from sinks.alarm_context import AlarmContext
@@ -39,6 +38,7 @@ from sinks.registry_store import RegistryStore
 from streams.alert_ranking import AlertRanking
 from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
+from streams.flushing import FaustTableCells, PendingFlush, Sent, make_durable
 from streams.peer_agent import add_peer_scan
 from streams.processing import (
     EVENT_SCHEMA,
@@ -120,97 +120,6 @@ def alert_ranking(settings: Settings, store: ClickHouseStore, desk: CaseDesk) ->
     return AlertRanking(ranker, context, desk.recalls_on, settings.ranking.timeout_s, flush_wait_s)
 
 
-class FaustTableCells(MutableMapping[str, CellState]):
-    """The cell table seen as a mapping of live objects; writes go to the changelog by hand.
-
-    The table is declared with raw byte values: the changelog carries pickled cells, recovery puts
-    those bytes back in the table, and the first read unpickles them in place. Because recovery
-    always overwrites with bytes, an object left over from before a rebalance can never shadow
-    state another worker advanced meanwhile.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def __getitem__(self, key: str) -> CellState:
-        value = self.table.data[key]
-        if isinstance(value, bytes):
-            # Only this worker writes the changelog (an internal topic), so unpickling it is safe.
-            value = pickle.loads(value)
-            self.table.data[key] = value
-        return value  # type: ignore[no-any-return]
-
-    def __setitem__(self, key: str, value: CellState) -> None:
-        self.table.data[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.table.data[key]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.table.data)
-
-    def __len__(self) -> int:
-        return len(self.table.data)
-
-    def snapshot(self, key: str) -> bytes:
-        return pickle.dumps(self[key], protocol=pickle.HIGHEST_PROTOCOL)
-
-    def persist(self, key: str, partition: int, snapshot: bytes) -> None:
-        # Explicit partition: the state of a cell must live beside the cell's events so the
-        # worker that owns the events recovers the state, whatever partitioner producers used.
-        self.table.send_changelog(partition, key, snapshot)
-
-
-@dataclass
-class PendingFlush:
-    """What the ingest agent processed but has not yet made durable and acked."""
-
-    stream: Any = None
-    events: list[Any] = field(default_factory=list)
-    event_rows: list[tuple[Any, ...]] = field(default_factory=list)  # processing.EVENT_SCHEMA order
-    rate_rows: list[tuple[Any, ...]] = field(default_factory=list)  # processing.RATE_SCHEMA order
-    reject_rows: list[dict[str, Any]] = field(default_factory=list)
-    alert_rows: list[dict[str, Any]] = field(default_factory=list)
-    dirty: dict[str, int] = field(default_factory=dict)
-
-    def add(self, events: list[Any], result: Any, alert_rows: list[dict[str, Any]]) -> None:
-        self.events.extend(events)
-        self.event_rows.extend(result.event_rows)
-        self.rate_rows.extend(result.rate_rows)
-        self.reject_rows.extend(result.reject_rows)
-        self.alert_rows.extend(alert_rows)
-        self.dirty.update(result.touched)
-
-    def take(self) -> PendingFlush:
-        """Hand over everything pending and start afresh."""
-        taken = PendingFlush(
-            self.stream,
-            self.events,
-            self.event_rows,
-            self.rate_rows,
-            self.reject_rows,
-            self.alert_rows,
-            self.dirty,
-        )
-        self.events, self.event_rows, self.rate_rows, self.reject_rows, self.alert_rows = [], [], [], [], []
-        self.dirty = {}
-        return taken
-
-    def put_back(self, work: PendingFlush, acked: int) -> None:
-        """A flush that failed after ``acked`` of its events: back in front of what came since.
-
-        Dropped, its events would never be acked (the partition's commit stuck behind them) while
-        their cells, persisted by a later flush, would skip them on replay: their rows would never
-        be written. Put back, the next flush writes them again (rows are keyed, so idempotent).
-        """
-        self.events[:0] = work.events[acked:]
-        self.event_rows[:0] = work.event_rows
-        self.rate_rows[:0] = work.rate_rows
-        self.reject_rows[:0] = work.reject_rows
-        self.alert_rows[:0] = work.alert_rows
-        self.dirty = {**work.dirty, **self.dirty}
-
-
 def create_app(
     settings: Settings,
     broker_url: str,
@@ -283,8 +192,15 @@ def create_app(
     process_lock = asyncio.Lock()  # guards the cells and ``pending`` while a batch is folded in
     flush_lock = asyncio.Lock()  # one flush at a time keeps changelog writes in order
 
+    async def write_rows(work: PendingFlush) -> None:
+        await insert_columns("events", EVENT_SCHEMA, work.event_rows)
+        await insert_columns("rates", RATE_SCHEMA, work.rate_rows)
+        await insert("rejects", work.reject_rows)
+        await insert("alerts", work.alert_rows)
+
     async def flush() -> None:
-        """Make the accumulated outputs durable, then persist the cells, then ack their events.
+        """Make the accumulated outputs durable, then persist the cells, then ack their events
+        (streams/flushing.py says why in that order).
 
         Only taking the pending set and snapshotting its cells holds up processing; the slow
         writes run while new batches are folded in. Each snapshot holds exactly the events whose
@@ -295,15 +211,14 @@ def create_app(
                 if not pending.events:
                     return
                 work = pending.take()
-                snapshots = {key: (partition, cells.snapshot(key)) for key, partition in work.dirty.items()}
+                try:  # in the same hold as the take: a batch folded in later changes the cells
+                    snapshots = cells.snapshots(work.dirty)
+                except Exception:
+                    pending.put_back(work, 0)
+                    raise
             acked = 0
             try:
-                await insert_columns("events", EVENT_SCHEMA, work.event_rows)
-                await insert_columns("rates", RATE_SCHEMA, work.rate_rows)
-                await insert("rejects", work.reject_rows)
-                await insert("alerts", work.alert_rows)
-                for key, (partition, snapshot) in snapshots.items():
-                    cells.persist(key, partition, snapshot)
+                await make_durable(work, snapshots, write_rows, cells.persist)
                 ack = work.stream.ack
                 last: dict[int, int] = {}
                 for event in work.events:
@@ -356,12 +271,14 @@ def create_app(
             async with process_lock:
                 records = [e.message for e in batch]  # partition, offset, timestamp, raw value
                 result = process_batch(records, cells, cfg, k.events_topic, clock())
+                sent = []
                 for alert in result.alerts:
-                    await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
+                    key, value = case_key(alert), orjson.dumps(alert.to_dict())
+                    sent.append(await Sent.of(partial(alerts_topic.send, key=key, value=value)))
                     stats.alert_sent_at[alert.alert_id] = clock()
                 for record, reason in result.dead_letters:
-                    await dead_letter(k.events_topic, record, reason)
-                pending.add(batch, result, [alert_row(a, clock()) for a in result.alerts])
+                    sent.append(await Sent.of(partial(dead_letter, k.events_topic, record, reason)))
+                pending.add(batch, result, [alert_row(a, clock()) for a in result.alerts], sent)
                 if result.replayed:
                     log.warning("skipped %d replayed events their cells had already applied", result.replayed)
                 stats.processed += len(records) - len(result.dead_letters)
@@ -438,9 +355,11 @@ def create_app(
             }
             await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
 
-    async def dead_letter(topic: str, record: Any, reason: str) -> None:
-        """A rejected message's copy on the dead-letter topic, as it came, with why and where from."""
-        await dlq_topic.send(value=record.value or b"", headers=dead_letter_headers(topic, record, reason))
+    async def dead_letter(topic: str, record: Any, reason: str) -> Awaitable[Any]:
+        """A rejected message's copy on the dead-letter topic, as it came, with why and where from;
+        returns the broker's confirmation."""
+        headers = dead_letter_headers(topic, record, reason)
+        return await dlq_topic.send(value=record.value or b"", headers=headers)
 
     async def reject(payload: bytes, reason: str, source: Any) -> None:
         """A message the case agents cannot read: to the dead-letter topic and the rejects table,
