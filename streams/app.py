@@ -38,7 +38,7 @@ from sinks.registry_store import RegistryStore
 from streams.alert_ranking import AlertRanking
 from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
-from streams.flushing import FaustTableCells, PendingFlush, Sent, make_durable
+from streams.flushing import FaustTableCells, PendingFlush, Sent, confirm_sent, make_durable
 from streams.peer_agent import add_peer_scan
 from streams.processing import (
     EVENT_SCHEMA,
@@ -325,18 +325,20 @@ def create_app(
             ):
                 if line in checked.shipment_offsets and line not in refused:
                     shipped.add(serial)
-        for record, reason in rejects:
-            await dead_letter(k.registry_topic, record, reason)
+        sent = [await Sent.of(partial(dead_letter, k.registry_topic, r, why)) for r, why in rejects]
         await insert("rejects", [reject_row(k.registry_topic, r, why, clock()) for r, why in rejects])
         stats.rejected += len(rejects)
         if shipped:
-            await send_populations(shipped)
+            sent += await send_populations(shipped)
+        # Confirmed before the batch is acked: a committed batch is never read again.
+        await retry_until_done("registry messages", lambda: confirm_sent(sent), *retry_s)
 
-    async def send_populations(serials: set[str]) -> None:
+    async def send_populations(serials: set[str]) -> list[Sent]:
         """Each touched cell's units in the field, as an absolute count: replays set, never add."""
         units = await retry_until_done(
             "registry read", lambda: asyncio.to_thread(registry.units_by_serial, sorted(serials)), *retry_s
         )
+        sent = []
         for model, batch in sorted({(row["model"], row["batch"]) for row in units.values()}):
             at, count = await retry_until_done(
                 "registry count",
@@ -353,7 +355,9 @@ def create_app(
                 "batch": batch,
                 "units": count,
             }
-            await events_topic.send(key=cell_key(model, batch).encode(), value=orjson.dumps(event))
+            key, value = cell_key(model, batch).encode(), orjson.dumps(event)
+            sent.append(await Sent.of(partial(events_topic.send, key=key, value=value)))
+        return sent
 
     async def dead_letter(topic: str, record: Any, reason: str) -> Awaitable[Any]:
         """A rejected message's copy on the dead-letter topic, as it came, with why and where from;
