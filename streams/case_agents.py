@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import faust
@@ -30,6 +31,7 @@ from recallwatch.case_bus import COMMAND_TYPE, command_message
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import ThreadPosition
 from sinks.slack_threads import SlackPermanentError, ThreadRef
+from streams.flushing import Sent, confirm_sent
 from streams.records import Rejection
 
 log = logging.getLogger("recallwatch.cases")
@@ -235,9 +237,14 @@ def add_case_agents(
     forget_positions_on_rebalance(app, post)
 
     async def emit(events: list[CaseEvent]) -> None:
+        sent = []
         for event in events:
             case = await deps.retry("case view", lambda e=event: asyncio.to_thread(desk.case_dict, e.case_id))
-            await case_events_topic.send(key=event.case_id.encode(), value=case_event_message(event, case))
+            key, value = event.case_id.encode(), case_event_message(event, case)
+            sent.append(await Sent.of(partial(case_events_topic.send, key=key, value=value)))
+        # Confirmed before the alert or command is acked: once committed it is never read again,
+        # and the desk, having recorded its events, would not emit them a second time.
+        await deps.retry("case events", lambda: confirm_sent(sent))
 
     @app.agent(alerts_topic, name="cases")
     async def cases(stream: faust.StreamT[bytes]) -> None:
