@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import faust
 import orjson
+from faust.types import TP
 
 from cases.risk import load_risk_matrix
 from config.settings import Settings
@@ -38,7 +39,7 @@ from sinks.registry_store import RegistryStore
 from streams.alert_ranking import AlertRanking
 from streams.case_agents import CaseAgentDeps, add_case_agents, case_key
 from streams.faust_tuning import app_with_fetch_wait
-from streams.flushing import FaustTableCells, PendingFlush, Sent, confirm_sent, make_durable
+from streams.flushing import FaustTableCells, Flusher, PendingFlush, Sent, confirm_sent
 from streams.peer_agent import add_peer_scan
 from streams.processing import (
     EVENT_SCHEMA,
@@ -188,53 +189,18 @@ def create_app(
                 *retry_s,
             )
 
-    pending = PendingFlush()
-    process_lock = asyncio.Lock()  # guards the cells and ``pending`` while a batch is folded in
-    flush_lock = asyncio.Lock()  # one flush at a time keeps changelog writes in order
-
     async def write_rows(work: PendingFlush) -> None:
         await insert_columns("events", EVENT_SCHEMA, work.event_rows)
         await insert_columns("rates", RATE_SCHEMA, work.rate_rows)
         await insert("rejects", work.reject_rows)
         await insert("alerts", work.alert_rows)
 
-    async def flush() -> None:
-        """Make the accumulated outputs durable, then persist the cells, then ack their events
-        (streams/flushing.py says why in that order).
+    def owned(partition: int) -> bool:
+        """Whether this worker holds the events partition now (and so the cells keyed to it)."""
+        return TP(k.events_topic, partition) in app.consumer.assignment()
 
-        Only taking the pending set and snapshotting its cells holds up processing; the slow
-        writes run while new batches are folded in. Each snapshot holds exactly the events whose
-        rows this flush writes, so persisting it after those rows keeps replay exact.
-        """
-        async with flush_lock:
-            async with process_lock:
-                if not pending.events:
-                    return
-                work = pending.take()
-                try:  # in the same hold as the take: a batch folded in later changes the cells
-                    snapshots = cells.snapshots(work.dirty)
-                except Exception:
-                    pending.put_back(work, 0)
-                    raise
-            acked = 0
-            try:
-                await make_durable(work, snapshots, write_rows, cells.persist)
-                ack = work.stream.ack
-                last: dict[int, int] = {}
-                for event in work.events:
-                    await ack(event)
-                    acked += 1
-                    message = event.message
-                    if message.offset > last.get(message.partition, -1):
-                        last[message.partition] = message.offset
-            except Exception:
-                async with process_lock:
-                    pending.put_back(work, acked)
-                raise
-            # Per-partition high offsets make a gap in processing visible in the logs.
-            log.info(
-                "flushed %d events and %d cells; last offsets %s", len(work.events), len(snapshots), last
-            )
+    flusher = Flusher(cells, write_rows, owned)
+    pending, process_lock, flush = flusher.pending, flusher.process_lock, flusher.flush
 
     @app.agent(events_topic)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
@@ -373,7 +339,8 @@ def create_app(
             (k.alerts_topic, 0, 0) if source is None else (source.topic, source.partition, source.offset)
         )
         record = RawRecord(partition, offset, clock(), payload)
-        await dead_letter(topic, record, reason)
+        sent = [await Sent.of(partial(dead_letter, topic, record, reason))]
+        await retry_until_done("dead letter", lambda: confirm_sent(sent), *retry_s)
         row = reject_row(topic, record, reason, clock())
         if source is None:  # no position to key it by: the payload is the next best thing
             row["reject_id"] = f"{topic}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"

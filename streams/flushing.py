@@ -18,12 +18,15 @@ ones (kill -9 test, about one CI run in five: 352 counted for 532 events of one 
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.cells import CellState
+
+log = logging.getLogger("recallwatch.worker")
 
 
 class DeliveryFailed(Exception):
@@ -39,23 +42,50 @@ class Sent:
 
     @classmethod
     async def of(cls, send: Callable[[], Awaitable[Awaitable[Any]]]) -> Sent:
-        return cls(send, await send())
+        return cls(send, await _attempt(send))
+
+
+async def _attempt(send: Callable[[], Awaitable[Awaitable[Any]]]) -> Awaitable[Any]:
+    """Send; a send that raises (the producer's buffer stayed full, the broker is away) becomes a
+    failed confirmation, so the caller carries on and the next :func:`confirm_sent` sends again.
+    Raised in the middle of a batch, it would leave cells advanced past events never acked."""
+    try:
+        return await send()
+    except Exception as exc:
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
 
 
 async def confirm_sent(sent: list[Sent]) -> None:
     """Wait for every message's confirmation; send again those that failed, and raise.
 
     Sent again, a message is confirmed by the next flush; until then its events stay unacked.
-    Alerts and dead letters are keyed by their source, so a second copy is harmless.
+    Alerts and dead letters are keyed by their source, so a second copy is harmless. A message the
+    broker will never take (too large, not authorised: Kafka marks those errors not retriable) is
+    logged and let go rather than retried forever: it would hold every later event back.
     """
     if not sent:
         return
     results = await asyncio.gather(*(s.confirmation for s in sent), return_exceptions=True)
-    failed = [(s, r) for s, r in zip(sent, results, strict=True) if isinstance(r, BaseException)]
-    for message, _ in failed:
-        message.confirmation = await message.send()
+    failed = []
+    for message, result in zip(sent, results, strict=True):
+        if not isinstance(result, BaseException):
+            continue
+        if getattr(result, "retriable", True) is False:
+            log.error("the broker refused a message for good, not sending it again: %r", result)
+            message.confirmation = _settled()
+            continue
+        failed.append((message, result))
+        message.confirmation = await _attempt(message.send)
     if failed:
         raise DeliveryFailed(f"{len(failed)} of {len(sent)} messages not confirmed: {failed[0][1]!r}")
+
+
+def _settled() -> asyncio.Future[Any]:
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 @dataclass
@@ -96,14 +126,15 @@ class PendingFlush:
         self.sent, self.dirty = [], {}
         return taken
 
-    def put_back(self, work: PendingFlush, acked: int) -> None:
-        """A flush that failed after ``acked`` of its events: back in front of what came since.
+    def put_back(self, work: PendingFlush, done: int) -> None:
+        """A flush that failed after ``done`` of its events (acked, or let go as no longer this
+        worker's): back in front of what came since.
 
         Dropped, its events would never be acked (the partition's commit stuck behind them) while
         their cells, persisted by a later flush, would skip them on replay: their rows would never
         be written. Put back, the next flush writes them again (rows are keyed, so idempotent).
         """
-        self.events[:0] = work.events[acked:]
+        self.events[:0] = work.events[done:]
         self.event_rows[:0] = work.event_rows
         self.rate_rows[:0] = work.rate_rows
         self.reject_rows[:0] = work.reject_rows
@@ -144,17 +175,18 @@ class FaustTableCells(MutableMapping[str, CellState]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    def snapshots(self, dirty: dict[str, int]) -> dict[str, tuple[int, bytes]]:
-        """Each dirty cell still held, pickled, with its partition.
+    def snapshots(self, dirty: dict[str, int], owned: Callable[[int], bool]) -> dict[str, tuple[int, bytes]]:
+        """Each dirty cell of a partition this worker still owns, pickled, with its partition.
 
-        A cell Faust dropped because its partition went to another worker is left out: its new
-        owner recovers it from the changelog and reads its events again from the committed offset.
+        A cell whose partition went to another worker is left out (Faust may have dropped it too):
+        its new owner recovers it from the changelog and reads its events again from the committed
+        offset, and a late snapshot from here could land after the owner's and undo its progress.
         """
         data = self.table.data
         return {
             key: (partition, pickle.dumps(self[key], protocol=pickle.HIGHEST_PROTOCOL))
             for key, partition in dirty.items()
-            if key in data
+            if key in data and owned(partition)
         }
 
     async def persist(self, key: str, partition: int, snapshot: bytes) -> Awaitable[Any]:
@@ -195,3 +227,64 @@ async def make_durable(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise DeliveryFailed(f"{len(errors)} of {len(results)} cell snapshots not confirmed: {errors[0]!r}")
+
+
+class Flusher:
+    """Takes what the ingest agent processed, makes it durable (:func:`make_durable`), then acks it.
+
+    ``process_lock`` guards the cells and ``pending`` while the agent folds a batch in; only taking
+    the pending work and snapshotting its cells holds processing up, and the slow writes run while
+    new batches are folded in. Each snapshot holds exactly the events whose rows this flush writes,
+    so persisting it after those rows keeps replay exact. One flush runs at a time, which keeps the
+    changelog writes in order.
+    """
+
+    def __init__(
+        self,
+        cells: FaustTableCells,
+        write_rows: Callable[[PendingFlush], Awaitable[None]],
+        owned: Callable[[int], bool],
+    ) -> None:
+        self.cells, self.write_rows, self.owned = cells, write_rows, owned
+        self.pending = PendingFlush()
+        self.process_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+
+    async def flush(self) -> None:
+        pending, owned = self.pending, self.owned
+        async with self._flush_lock:
+            async with self.process_lock:
+                if not pending.events:
+                    return
+                work = pending.take()
+                try:  # in the same hold as the take: a batch folded in later changes the cells
+                    snapshots = self.cells.snapshots(work.dirty, owned)
+                except Exception:
+                    pending.put_back(work, 0)
+                    raise
+            done = 0
+            last: dict[int, int] = {}
+            try:
+                await make_durable(work, snapshots, self.write_rows, self.cells.persist)
+                ack = work.stream.ack
+                held: dict[int, bool] = {}  # asked once per partition and flush, not per event
+                for event in work.events:
+                    message = event.message
+                    partition = message.partition
+                    if partition not in held:
+                        held[partition] = owned(partition)
+                    # An event of a partition given away is let go, not acked: its cell was not
+                    # persisted, and its new owner reads it again from the committed offset.
+                    if held[partition]:
+                        await ack(event)
+                        if message.offset > last.get(message.partition, -1):
+                            last[message.partition] = message.offset
+                    done += 1
+            except BaseException:
+                # Cancelled too (the agent stopping mid-flush): dropped, the work's events would
+                # never be acked while later snapshots, which include them, skip them on replay.
+                # put_back does not wait, so it needs no lock and survives the cancellation.
+                pending.put_back(work, done)
+                raise
+        # Per-partition high offsets make a gap in processing visible in the logs.
+        log.info("flushed %d events and %d cells; last offsets %s", len(work.events), len(snapshots), last)

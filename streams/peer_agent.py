@@ -116,7 +116,8 @@ def add_peer_scan(
             row = alert_row(alert, clock())
             await retry("alert insert", lambda r=row: asyncio.to_thread(store.insert, "alerts", [r]))
             try:
-                await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
+                sent = await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
+                await sent  # confirmed by the broker, or sent again by the next tick
             except Exception:
                 scanner.restored = False  # the next tick sends again what no case holds
                 raise
