@@ -65,6 +65,17 @@ def create_api(
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a body before it resolves dependencies, so a caller without a key would
+        # learn the body's schema from the 422: the key is checked first (Slack signs instead).
+        if request.url.path.startswith("/v1/") and not request.url.path.startswith("/v1/slack/"):
+            try:
+                caller_role(request)
+            except HTTPException as refused:
+                return JSONResponse(
+                    status_code=refused.status_code,
+                    content={"detail": refused.detail},
+                    headers=refused.headers,
+                )
         # FastAPI's own handler echoes the offending input, and Python's JSON parser reads NaN and
         # Infinity, which Starlette's JSONResponse refuses to write: a body holding them was a 500.
         detail = _finite(jsonable_encoder(exc.errors()))

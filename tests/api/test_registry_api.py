@@ -62,6 +62,27 @@ def test_keys_are_required_and_checked(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("body", [b"{not json", b'{"unknown_field": 1}', b"[]"])
+def test_a_caller_without_a_key_gets_a_401_whatever_the_body(client: TestClient, body: bytes) -> None:
+    # The body is parsed before the key is checked: a 422 would tell a stranger the schema.
+    for path in ("/v1/scopes/resolve", "/v1/cases"):
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert (response.status_code, response.json()) == (
+            401,
+            {"detail": "an API key is required (X-API-Key header)"},
+        )
+        wrong = client.post(
+            path, content=body, headers={"Content-Type": "application/json", "X-API-Key": "x"}
+        )
+        assert (wrong.status_code, wrong.json()) == (401, {"detail": "unknown API key"})
+    keyed = client.post(
+        "/v1/scopes/resolve",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", "X-API-Key": "ops-key-123"},
+    )
+    assert keyed.status_code == 422  # with a key, the caller learns what is wrong with the body
+
+
 def test_backward_trace_with_history_and_contact_rule(client: TestClient) -> None:
     ops = client.get("/v1/units/KT-00003", headers=OPS).json()
     assert ops["unit"]["batch"] == "B1"
