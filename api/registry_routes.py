@@ -40,9 +40,12 @@ def registry_router(
     # 8 concurrent clients got 170 lookups/s, one core's worth; as `def`, 285/s. The hand-off costs
     # a sequential caller ~0.2 ms. The role dependency stays inline: it is a few dict look-ups.
     @router.get("/v1/units/{serial:path}")
-    def unit(serial: str, role: InlineRole) -> Response:
+    def unit(serial: str, role: InlineRole, request: Request) -> Response:
         """A unit's record, its complaint/repair/return history and what concerns it now."""
-        if not _SERIAL.fullmatch(serial):  # match() lets a trailing newline through
+        # Starlette's route pattern ends in `$`, which matches before a final newline, so
+        # `/v1/units/X%0A` arrives as serial `X`: the path itself must end in the serial.
+        path_ends_in_serial = request.scope["path"].endswith("/" + serial)
+        if not (path_ends_in_serial and _SERIAL.fullmatch(serial)):  # match() lets a newline through
             raise HTTPException(status_code=422, detail="serial must be 1-128 printable characters")
         row = registry.unit(serial)
         if row is None:

@@ -97,7 +97,7 @@ def test_backward_trace_with_history_and_contact_rule(client: TestClient) -> Non
     assert client.get("/v1/units/NOPE-1", headers=OPS).status_code == 404
 
 
-@pytest.mark.parametrize("encoded", ["KT%7F1", "KT%C2%851", "KT%091", "KT%001", "x" * 129])
+@pytest.mark.parametrize("encoded", ["KT%7F1", "KT%C2%851", "KT%091", "KT%001", "x" * 129, "KT-00001%0A"])
 def test_a_serial_no_unit_can_have_is_a_422(client: TestClient, encoded: str) -> None:
     # No import or event can store such a serial (control characters, DEL and C1 included), so the
     # caller hears why rather than "no such unit".
