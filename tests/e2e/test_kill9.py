@@ -1,4 +1,4 @@
-"""Two real workers, one killed with SIGKILL mid-stream and restarted: every event counts once."""
+"""Two real workers, each killed with SIGKILL mid-stream in turn and restarted: every event counts once."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
         done = threading.Event()
 
         def produce() -> None:
-            # Paced over ~15 s so the kill lands mid-stream.
-            chunk = max(1, len(events) // 60)
+            # Paced over ~25 s so both kills land mid-stream.
+            chunk = max(1, len(events) // 100)
             for i in range(0, len(events), chunk):
                 for e in events[i : i + chunk]:
                     send_event(producer, "rw.events", e)
@@ -113,6 +113,24 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
                 cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")),
                 tmp_path,
                 tmp_path / "a2.log",
+            )
+            # Then the survivor, once the restarted worker has joined and flushed: the partitions
+            # it took over from a, and its own, move again, each with applied but uncommitted
+            # events and cells it persisted, and come back to b's replacement.
+            a2_log = tmp_path / "a2.log"
+            wait_for(
+                lambda: a2_log.read_text(errors="replace").count("flushed ") >= 2, 60, "worker a2 to flush"
+            )
+            assert not done.is_set(), "the stream ended before the second kill: pace it slower"
+            workers["b"].send_signal(signal.SIGKILL)
+            workers["b"].wait()
+            at_kill = count()
+            wait_for(lambda: count() > at_kill + 500, 60, "worker a2 to take over")
+            workers["b"] = start_cli(
+                ["worker"],
+                cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "b2")),
+                tmp_path,
+                tmp_path / "b2.log",
             )
             thread.join(timeout=60)
             assert done.is_set()
