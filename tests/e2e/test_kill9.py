@@ -96,42 +96,33 @@ def test_kill_minus_9_loses_nothing_and_counts_nothing_twice(tmp_path, server_ur
         try:
             count = lambda: store.query("SELECT count() AS n FROM events FINAL")[0]["n"]  # noqa: E731
             wait_for(lambda: count() > len(events) // 5, 60, "the workers to make progress")
-            # Kill only once worker a has persisted state and rows: with offsets committed rarely,
-            # its events are then applied but uncommitted, which is what replay must handle.
-            a_log = tmp_path / "a.log"
-            wait_for(
-                lambda: a_log.read_text(errors="replace").count("flushed ") >= 2, 60, "worker a to flush"
-            )
-            workers["a"].send_signal(signal.SIGKILL)
-            workers["a"].wait()
-            # Restart once the survivor has taken over (the dead member's session must expire
-            # first), so the restart is one clean rebalance rather than two overlapping ones.
-            at_kill = count()
-            wait_for(lambda: count() > at_kill + 500, 60, "the surviving worker to take over")
-            workers["a"] = start_cli(
-                ["worker"],
-                cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "a2")),
-                tmp_path,
-                tmp_path / "a2.log",
-            )
-            # Then the survivor, once the restarted worker has joined and flushed: the partitions
-            # it took over from a, and its own, move again, each with applied but uncommitted
-            # events and cells it persisted, and come back to b's replacement.
-            a2_log = tmp_path / "a2.log"
-            wait_for(
-                lambda: a2_log.read_text(errors="replace").count("flushed ") >= 2, 60, "worker a2 to flush"
-            )
-            assert not done.is_set(), "the stream ended before the second kill: pace it slower"
-            workers["b"].send_signal(signal.SIGKILL)
-            workers["b"].wait()
-            at_kill = count()
-            wait_for(lambda: count() > at_kill + 500, 60, "worker a2 to take over")
-            workers["b"] = start_cli(
-                ["worker"],
-                cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / "b2")),
-                tmp_path,
-                tmp_path / "b2.log",
-            )
+
+            def kill_after_its_flushes_and_replace(name: str, log_name: str, replacement: str) -> None:
+                # Killed only once it has persisted state and rows: with offsets committed rarely,
+                # its events are then applied but uncommitted, which is what replay must handle.
+                log = tmp_path / f"{log_name}.log"
+                wait_for(
+                    lambda: log.read_text(errors="replace").count("flushed ") >= 2, 60, f"{log_name} to flush"
+                )
+                assert not done.is_set(), "the stream ended before the kill: pace it slower"
+                workers[name].send_signal(signal.SIGKILL)
+                workers[name].wait()
+                # Replaced once the survivor has taken over (the dead member's session must expire
+                # first), so the restart is one clean rebalance rather than two overlapping ones.
+                at_kill = count()
+                wait_for(lambda: count() > at_kill + 500, 60, f"the survivor to take over from {log_name}")
+                workers[name] = start_cli(
+                    ["worker"],
+                    cli_env(**env, RW_WORKER__DATA_DIR=str(tmp_path / replacement)),
+                    tmp_path,
+                    tmp_path / f"{replacement}.log",
+                )
+
+            kill_after_its_flushes_and_replace("a", "a", "a2")
+            # Then the survivor, once a's replacement has joined and flushed: the partitions b took
+            # over from a, and its own, move again, each with applied but uncommitted events and
+            # cells b persisted, and come back to b's replacement.
+            kill_after_its_flushes_and_replace("b", "a2", "b2")
             thread.join(timeout=60)
             assert done.is_set()
             deadline = time.monotonic() + 120
