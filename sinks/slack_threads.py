@@ -273,12 +273,13 @@ def _button(action_id: str, text: str, case_id: str, url: str | None = None) -> 
 def root_message(case: dict[str, Any], case_url: str) -> tuple[str, list[dict[str, Any]]]:
     """Fallback text and Block Kit blocks for the root message of ``case`` (a view_to_dict dict)."""
     case_id = str(case["case_id"])
+    signal_facts = _signal_facts(case)
     blocks: list[dict[str, Any]] = [
         # plain_text is never parsed for links or mentions, so the header needs no escaping.
         {"type": "header", "text": {"type": "plain_text", "text": header_text(str(case["title"]))}},
     ]
     # Two sections: Slack takes at most 10 fields in one, and the case's facts fill it.
-    for facts in (_signal_facts(case), _root_facts(case)):
+    for facts in (signal_facts, _root_facts(case)):
         if facts:
             blocks.append({"type": "section", "fields": _fields(facts)})
     blocks += [
@@ -293,7 +294,7 @@ def root_message(case: dict[str, Any], case_url: str) -> tuple[str, list[dict[st
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"case `{escape_mrkdwn(case_id)}`"}]},
     ]
     # The fallback text shows in notifications and is parsed as mrkdwn, hence escaped too.
-    signal = "".join(f" {label}: {_esc(value)}." for label, value in _signal_facts(case))
+    signal = "".join(f" {label}: {_esc(value)}." for label, value in signal_facts)
     state = _esc(_state_label(case))
     text = f"Recall case {_esc(case['title'])}: {state}.{signal} <{case_url}|Open in RecallWatch>"
     return text, blocks

@@ -65,21 +65,23 @@ async def confirm_sent(sent: list[Sent]) -> None:
     broker will never take (too large, not authorised: Kafka marks those errors not retriable) is
     logged and let go rather than retried forever: it would hold every later event back.
     """
-    if not sent:
-        return
-    results = await asyncio.gather(*(s.confirmation for s in sent), return_exceptions=True)
     failed = []
-    for message, result in zip(sent, results, strict=True):
-        if not isinstance(result, BaseException):
-            continue
-        if getattr(result, "retriable", True) is False:
-            log.error("the broker refused a message for good, not sending it again: %r", result)
+    for index, error in await _failures([s.confirmation for s in sent]):
+        message = sent[index]
+        if getattr(error, "retriable", True) is False:
+            log.error("the broker refused a message for good, not sending it again: %r", error)
             message.confirmation = _settled()
             continue
-        failed.append((message, result))
+        failed.append(error)
         message.confirmation = await _attempt(message.send)
     if failed:
-        raise DeliveryFailed(f"{len(failed)} of {len(sent)} messages not confirmed: {failed[0][1]!r}")
+        raise DeliveryFailed(f"{len(failed)} of {len(sent)} messages not confirmed: {failed[0]!r}")
+
+
+async def _failures(confirmations: list[Awaitable[Any]]) -> list[tuple[int, BaseException]]:
+    """Wait for every confirmation; the position and error of each that failed."""
+    results = await asyncio.gather(*confirmations, return_exceptions=True)
+    return [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
 
 
 def _settled() -> asyncio.Future[Any]:
@@ -223,10 +225,11 @@ async def make_durable(
     await write_rows(work)
     await confirm_sent(work.sent)
     confirmations = [await persist(key, partition, snap) for key, (partition, snap) in snapshots.items()]
-    results = await asyncio.gather(*confirmations, return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise DeliveryFailed(f"{len(errors)} of {len(results)} cell snapshots not confirmed: {errors[0]!r}")
+    if failures := await _failures(confirmations):
+        first = failures[0][1]
+        raise DeliveryFailed(
+            f"{len(failures)} of {len(confirmations)} cell snapshots not confirmed: {first!r}"
+        )
 
 
 class Flusher:
@@ -277,8 +280,8 @@ class Flusher:
                     # persisted, and its new owner reads it again from the committed offset.
                     if held[partition]:
                         await ack(event)
-                        if message.offset > last.get(message.partition, -1):
-                            last[message.partition] = message.offset
+                        if message.offset > last.get(partition, -1):
+                            last[partition] = message.offset
                     done += 1
             except BaseException:
                 # Cancelled too (the agent stopping mid-flush): dropped, the work's events would

@@ -116,8 +116,10 @@ def add_peer_scan(
             row = alert_row(alert, clock())
             await retry("alert insert", lambda r=row: asyncio.to_thread(store.insert, "alerts", [r]))
             try:
-                sent = await alerts_topic.send(key=case_key(alert), value=orjson.dumps(alert.to_dict()))
-                await sent  # confirmed by the broker, or sent again by the next tick
+                confirmation = await alerts_topic.send(
+                    key=case_key(alert), value=orjson.dumps(alert.to_dict())
+                )
+                await confirmation  # confirmed by the broker, or sent again by the next tick
             except Exception:
                 scanner.restored = False  # the next tick sends again what no case holds
                 raise
