@@ -19,7 +19,7 @@ from recallwatch.case_desk import CaseDesk
 from sinks.alarm_context import AlarmContext
 from sinks.case_store import CaseStore
 from sinks.clickhouse import ClickHouseStore, open_store
-from sinks.slack_threads import root_message
+from sinks.slack_messages import root_message
 from streams.alert_ranking import AlertRanking
 from streams.app import alert_ranking
 from streams.processing import event_row
