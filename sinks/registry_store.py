@@ -99,8 +99,11 @@ class RegistryStore:
             complete = pc.and_(pc.not_equal(rows.column("model"), ""), pc.not_equal(rows.column("batch"), ""))
         else:
             complete = pa.array([False] * rows.num_rows)
-        missing = rows.filter(pc.invert(complete)).column("source_line").to_pylist()
-        good = rows.filter(complete)
+        if pc.all(complete).as_py():  # the usual case: filtering would copy every column for nothing
+            missing, good = [], rows
+        else:
+            missing = rows.filter(pc.invert(complete)).column("source_line").to_pylist()
+            good = rows.filter(complete)
         select = {"serial": "serial", **dict(zip(SERIAL_PARTS, SERIAL_PARTS_SQL, strict=True))}
         select.update({c: c for c in STORED_FIELDS if c in cols})
         select.update(
