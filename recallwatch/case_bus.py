@@ -18,6 +18,7 @@ import orjson
 from cases.commands import Command
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, CommandResult
+from sinks.clickhouse import ClickHouseUnavailable
 
 COMMAND_TYPE = "case_command"
 
@@ -55,14 +56,27 @@ class KafkaCommandBus:
         self.wait_s, self.poll_s, self._sleep, self._clock = wait_s, poll_s, sleep, clock
 
     def submit(self, cmd: Command) -> CommandResult | None:
-        done = self.cases.result(cmd.command_id)
+        """Send the command and wait a little for its result; None means queued, not yet known.
+
+        ClickHouse being down must not refuse or repeat a command that Kafka can queue: reads of
+        the result only spare a resend or tell the outcome sooner. Sending a retried request again
+        is safe (the case's writer carries out a command id once), and a command already sent is
+        reported as queued rather than failed, so a client never resends it under a new id.
+        """
+        try:
+            done = self.cases.result(cmd.command_id)
+        except ClickHouseUnavailable:
+            done = None  # unknown: send anyway
         if done is not None:  # a retried request: answer as the first time, send nothing
             return done
         self.producer.send(self.topic, key=cmd.case_id.encode(), value=command_message(cmd)).get(timeout=10)
         deadline = self._clock() + self.wait_s
         while self._clock() < deadline:
             self._sleep(self.poll_s)
-            result = self.cases.result(cmd.command_id)
+            try:
+                result = self.cases.result(cmd.command_id)
+            except ClickHouseUnavailable:
+                return None  # queued; the caller polls for the outcome once ClickHouse is back
             if result is not None:
                 return result
         return None

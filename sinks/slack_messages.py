@@ -43,7 +43,12 @@ def _esc(value: Any, limit: int = _LINE_MAX_CHARS) -> str:
 def _iso(ts: Any) -> str:
     if not isinstance(ts, int | float) or isinstance(ts, bool):
         return "—"
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        # Far outside datetime's years (or nan): show the number. A reply that raised here was
+        # recorded as a failed delivery and never posted, for a value the case accepted.
+        return _num(ts)
 
 
 def _num(value: Any) -> str:

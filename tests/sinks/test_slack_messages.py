@@ -154,6 +154,19 @@ def test_long_reasons_are_cut_to_one_short_line() -> None:
     assert reply is not None and len(reply) < 400 and reply.endswith("…")
 
 
+@pytest.mark.parametrize("far", [1e18, 1e300])
+def test_a_time_beyond_the_calendar_is_shown_as_its_number_not_a_failed_post(far: float) -> None:
+    # The case core takes any finite epoch for a due date or a silence's end; a reply that raised
+    # on one was recorded as a failed delivery, and that event never reached the thread.
+    case, event = STORY["add_task"]
+    task = {**event["data"]["task"], "due": far}
+    reply = thread_reply(case, {**event, "data": {**event["data"], "task": task}})
+    assert reply is not None and reply.endswith(f"due {far:.1f}")
+    case, event = STORY["silence"]
+    reply = thread_reply(case, {**event, "data": {**event["data"], "until": far}})
+    assert reply is not None and f"until {far:.1f}" in reply
+
+
 # --- escaping ----------------------------------------------------------------------------------
 
 HOSTILE = "<!channel> <http://evil|click> & co"

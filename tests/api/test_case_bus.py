@@ -1,0 +1,96 @@
+"""The Kafka command bus while ClickHouse is down: a command is queued, never refused or repeated.
+
+Real parts only: the Tansu broker, and a ClickHouse server address nothing listens on, which is
+what an outage looks like to the API (ClickHouseUnavailable from the driver).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer, TopicPartition
+
+from api.app import create_api
+from cases.commands import Command
+from cases.identity import SignalIdentity, case_id_for
+from core.access import AccessPolicy
+from recallwatch.case_bus import KafkaCommandBus, command_message
+from sinks.case_store import CaseStore
+from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable, open_store
+from streams.broker import EmbeddedBroker, free_port, running_broker
+from streams.producer import make_producer
+
+pytestmark = pytest.mark.integration
+TOPIC = "rw.alerts"
+CASE = case_id_for(SignalIdentity.from_list(["cell", "KT-100", "B05", "heating_element"]))
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with running_broker() as b:
+        yield b
+
+
+@pytest.fixture
+def down_store(tmp_path: Path) -> Iterator[ClickHouseStore]:
+    store = open_store(f"clickhouse://127.0.0.1:{free_port()}/default", tmp_path)
+    with pytest.raises(ClickHouseUnavailable):  # the outage is real, not assumed
+        CaseStore(store).result("c-1")
+    yield store
+    store.close()
+
+
+def sent_values(broker: EmbeddedBroker) -> list[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=2000)
+    try:
+        parts = [TopicPartition(TOPIC, p) for p in consumer.partitions_for_topic(TOPIC) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        return [record.value for record in consumer]
+    finally:
+        consumer.close()
+
+
+def test_a_command_is_queued_while_clickhouse_is_down(
+    broker: EmbeddedBroker, down_store: ClickHouseStore
+) -> None:
+    producer = make_producer(broker.bootstrap)
+    bus = KafkaCommandBus(producer, TOPIC, CaseStore(down_store), wait_s=0.5, poll_s=0.05)
+    cmd = Command("c-down-1", CASE, "evidence", "ana", time.time(), "lab note", {"note": "burn marks"})
+    try:
+        started = time.monotonic()
+        assert bus.submit(cmd) is None  # queued: the outcome is not known yet
+        assert time.monotonic() - started < 5  # no waiting out the poll on a store that is down
+    finally:
+        producer.close()
+    assert command_message(cmd) in sent_values(broker)  # sent once, for the case's worker to carry out
+
+
+def test_the_api_answers_202_queued_not_503_for_a_command_sent_during_an_outage(
+    broker: EmbeddedBroker, down_store: ClickHouseStore, tmp_path: Path
+) -> None:
+    # What matters is that a command Kafka took is reported as queued (202), not as failed (503):
+    # told it failed, a client would send it again under a new id, and it would be carried out twice.
+    up = open_store(None, tmp_path / "chdb")
+    up.migrate()
+    producer = make_producer(broker.bootstrap)
+    bus = KafkaCommandBus(producer, TOPIC, CaseStore(down_store), wait_s=0.5, poll_s=0.05)
+    policy = AccessPolicy(keys={"key-qm": "quality_manager"}, anonymous_role=None)
+    try:
+        with TestClient(create_api(up, "http://rw.test", policy, case_bus=bus)) as c:
+            headers = {"X-API-Key": "key-qm", "Idempotency-Key": "k-outage-1"}
+            r = c.post(
+                f"/v1/cases/{CASE}/commands/evidence",
+                json={"reason": "lab note", "actor": "ana", "args": {"note": "burn marks"}},
+                headers=headers,
+            )
+            assert r.status_code == 202, r.text
+            assert r.json() == {"command_id": "k-outage-1", "case_id": CASE, "status": "queued"}
+    finally:
+        producer.close()
+        up.close()
+    assert sum(b'"k-outage-1"' in value for value in sent_values(broker)) >= 1
