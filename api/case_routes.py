@@ -39,6 +39,9 @@ _RESERVED_KEY_PREFIXES = ("slack-", "escalate-")
 # ("slack:<user>" stays open: whoever took a case in Slack scores it under that name.)
 SYSTEM_ACTOR = "recallwatch"
 SYSTEM_ONLY = frozenset({"escalate"})  # the worker escalates overdue tasks; nobody asks for it
+# Case ids per query when reading logs: an id is 25 characters, under 30 bytes quoted, so 1,000 make
+# about 30 KB of query text, far below max_query_size (256 KiB) whatever the number of cases.
+LOG_CHUNK = 1000
 _SUMMARY_FIELDS = (
     "case_id", "identity", "title", "state", "decision", "opened_at", "updated_at", "owner",
     "alerts", "muted_alerts", "events", "rank",
@@ -67,7 +70,23 @@ def _identity(items: list[str]) -> list[str]:
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 Identity = Annotated[list[Name], Field(min_length=2, max_length=4), AfterValidator(_identity)]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Epoch = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: "soon" or true is a typo
+# Epoch bounds of a task's due time and a silence's expiry. Any finite float used to pass, and 1e18
+# was stored and later broke every place that formats it as a date (Python's datetime ends in 9999,
+# ClickHouse's DateTime in 2106). Nothing a person plans is before 1970 or after 2100.
+EPOCH_MIN, EPOCH_MAX = 0.0, 4_102_444_800.0  # 1970-01-01 and 2100-01-01T00:00:00Z, in epoch seconds
+
+
+def _plausible_epoch(value: float) -> float:
+    if not EPOCH_MIN <= value <= EPOCH_MAX:
+        raise ValueError(
+            f"must be epoch seconds from {EPOCH_MIN:.0f} (1970-01-01) to {EPOCH_MAX:.0f} (2100-01-01 UTC),"
+            f" got {value!r}"
+        )
+    return value
+
+
+# strict: "soon" or true is a typo
+Epoch = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(_plausible_epoch)]
 ReviewerRole = Annotated[str, AfterValidator(_one_of(REVIEWER_ROLES, "reviewer role"))]
 
 
@@ -191,8 +210,9 @@ def list_cases(
     """Cases most recently changed first (or likeliest recall first, ``order="rank"``, unranked
     last); model and batch filter on the identity of cell cases.
 
-    Two queries whatever the page size: the latest state and first event of every case, then the
-    logs of the chosen ones. The identity is matched in Python on the first event's data, because
+    Two queries for a page: the latest state and first event of every case, then the logs of the
+    chosen ones (ordered by rank, every matching case is chosen: its logs are read ``LOG_CHUNK`` cases
+    per query). The identity is matched in Python on the first event's data, because
     the stored ``identity`` column joins the parts with "/" and a model name may contain one.
     """
     sql = (
@@ -216,15 +236,18 @@ def list_cases(
         ids.append(row["case_id"])
         if len(ids) == limit and not by_rank:
             break
-    if not ids:
-        return []
-    rows = cases.store.query(
-        "SELECT * FROM case_events FINAL WHERE has({ids}, case_id) ORDER BY case_id, seq", {"ids": ids}
-    )
     logs: dict[str, list[CaseEvent]] = {}
-    for r in rows:
-        event = event_from_row(r)
-        logs.setdefault(event.case_id, []).append(event)
+    # The ids go into the query text, and ClickHouse refuses a query past max_query_size (256 KiB,
+    # which the 18.16 server takes no per-query override of): ordered by rank, every case's id was
+    # in one list, a 500 from about 9,000 cases on. Bounded chunks keep each query small.
+    for start in range(0, len(ids), LOG_CHUNK):
+        rows = cases.store.query(
+            "SELECT * FROM case_events FINAL WHERE has({ids}, case_id) ORDER BY case_id, seq",
+            {"ids": ids[start : start + LOG_CHUNK]},
+        )
+        for r in rows:
+            event = event_from_row(r)
+            logs.setdefault(event.case_id, []).append(event)
     found = [case_from_events(logs[cid], matrix) for cid in ids if cid in logs]
     if by_rank:  # stable: equal ranks keep the most recently changed first
         found.sort(key=lambda c: -c["rank"]["score"] if c["rank"] else 1.0)
@@ -244,9 +267,9 @@ def signal_scope(identity: Sequence[str]) -> Scope:
     return Scope(models=[identity[1]], batches=[identity[2]])
 
 
-def affected_scope(registry: RegistryStore, identity: Sequence[str], matrix: RiskMatrix) -> dict[str, Any]:
-    """The units the signal covers, from the traceability registry, and the scope score they suggest."""
-    found = registry.resolve(signal_scope(identity), max_ranges=50)
+def affected_scope(registry: RegistryStore, scope: Scope, matrix: RiskMatrix) -> dict[str, Any]:
+    """The units the signal's scope covers, from the traceability registry, and the score they suggest."""
+    found = registry.resolve(scope, max_ranges=50)
     regions = len(found["by_region"])
     return {
         "units": found["units"],
@@ -325,12 +348,25 @@ def case_router(
 
     @router.get("/v1/cases/{case_id}")
     def case(case_id: str, role: Role) -> dict[str, Any]:
-        """The case as its log says now: state, people, scores and assessment, tasks, evidence."""
+        """The case as its log says now: state, people, scores and assessment, tasks, evidence.
+
+        ``scope`` is null, and ``scope_note`` says why, when the signal's names cannot form a
+        registry scope: the rest of the case is still answered.
+        """
         found = read_case(cases, _checked(case_id), matrix)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no case {case_id}")
         if registry is not None:
-            found["scope"] = affected_scope(registry, found["identity"], matrix)
+            try:
+                scope = signal_scope(found["identity"])
+            except ValidationError as exc:
+                # Alerts from the topic may name a model or batch longer than a registry scope
+                # allows (128 characters); such a signal covers no registered unit, and the case
+                # must still be readable, so only the affected-units part is left out.
+                found["scope"] = None
+                found["scope_note"] = f"affected units not resolved: {_errors(exc)}"
+            else:
+                found["scope"] = affected_scope(registry, scope, matrix)
             found["complaints"] = linked_complaints(registry, found["identity"])
         return with_url(found)
 
@@ -398,6 +434,16 @@ def case_router(
                     status_code=422,
                     detail=f"Idempotency-Key {key} was already used for a command on case {result.case_id}",
                 )
+            if result is not None:
+                # Answering another command with the first one's result would say "ok" for a
+                # command that never ran; only a true retry (same kind and arguments) replays.
+                first = _first_use(cases, result)
+                if first is not None and not _same_command(first, kind, args):
+                    raise HTTPException(
+                        status_code=422,
+                        detail=f"Idempotency-Key {key} was already used for a different command on case"
+                        f" {case_id} ({_describe(first)}); use a new key for a new command",
+                    )
         if result is None:
             # `at` is read here, at the edge: the core never reads the clock, so replays are exact.
             result = bus.submit(Command(command_id, case_id, kind, actor, clock(), reason, args))
@@ -423,6 +469,46 @@ def case_router(
         return JSONResponse(status_code=200, content=body)
 
     return router
+
+
+def _first_use(cases: CaseStore, result: CommandResult) -> CaseEvent | None:
+    """The first event the command of ``result`` recorded: what its id was first used for.
+
+    None when it recorded none (refused, unknown case): the result row keeps neither kind nor
+    arguments, so such a key is answered with its stored refusal, never with a success.
+    """
+    if not result.seqs:
+        return None
+    first = min(result.seqs)
+    for event in cases.events(result.case_id):
+        if event.seq == first and event.data.get("command_id") == result.command_id:
+            return event
+    return None
+
+
+def _same_command(first: CaseEvent, kind: str, args: Mapping[str, Any]) -> bool:
+    """Whether ``kind`` with ``args`` is the command that recorded ``first`` (a retry of it).
+
+    The handlers record each argument in the event's data under its own name (a task's inside
+    ``task``, a campaign's scope sorted), and the arguments here are checked and complete (defaults
+    filled in), so comparing them name by name compares the whole command.
+    """
+    if first.data.get("command", kind) != kind:
+        return False
+    recorded = first.data.get("task") if kind == "add_task" else first.data
+    if not isinstance(recorded, Mapping):
+        return False
+    for name, value in args.items():
+        if name == "scope" and isinstance(value, list):
+            value = sorted(value)
+        if recorded.get(name) != value:
+            return False
+    return True
+
+
+def _describe(first: CaseEvent) -> str:
+    kind = str(first.data.get("command") or first.action)
+    return f"{kind}, event {first.seq}"
 
 
 def _checked(case_id: str) -> str:

@@ -11,7 +11,7 @@ from httpx import Response
 
 from api.app import create_api
 from cases.commands import Command
-from cases.identity import SignalIdentity, case_id_for
+from cases.identity import CaseBook, SignalIdentity, case_id_for
 from cases.risk import DEFAULT_MATRIX
 from core.access import AccessPolicy
 from recallwatch.case_desk import CaseDesk
@@ -211,6 +211,14 @@ def test_invalid_transitions_unknown_and_malformed_cases(api: Api) -> None:
         ("add_task", {"title": "lab", "owner": "bo", "role": "engineering", "due": "tomorrow"}, "due: Input"),
         ("complete_task", {"task_id": "t1"}, "task_id: String should match pattern"),
         ("evidence", {"note": "  "}, "note: String should have at least 1 character"),
+        # Far-future epochs broke formatting downstream (datetime ends in 9999, DateTime in 2106).
+        ("silence", {"until": 1e18}, "until: Value error, must be epoch seconds from 0 (1970-01-01)"),
+        ("silence", {"until": -1}, "until: Value error, must be epoch seconds from 0"),
+        (
+            "add_task",
+            {"title": "lab", "owner": "bo", "role": "engineering", "due": 4_102_444_801},
+            "due: Value error, must be epoch seconds from 0 (1970-01-01) to 4102444800 (2100-01-01 UTC)",
+        ),
     ],
 )
 def test_bad_args_are_422_before_reaching_the_core(
@@ -271,6 +279,60 @@ def test_an_idempotency_key_replay_answers_the_same_and_acts_once(api: Api, stor
     other = case_id_for(SignalIdentity.cell("KT-9", "B1", "x"))
     r = api.command("assess", "analyst", case_id=other, headers={"Idempotency-Key": "assess-1"})
     assert r.status_code == 422 and f"already used for a command on case {CASE}" in r.json()["detail"]
+
+
+def test_an_idempotency_key_reused_for_another_command_is_422(api: Api, store: ClickHouseStore) -> None:
+    assert api.open().status_code == 200
+    key = {"Idempotency-Key": "k-1"}
+    first = api.command("acknowledge", "admin", headers=key)
+    assert first.status_code == 200, first.text
+    # Another kind under the same key used to answer the acknowledge's "ok"; the evidence was lost.
+    r = api.command("evidence", "admin", {"note": "scorch marks"}, headers=key)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        f"Idempotency-Key k-1 was already used for a different command on case {CASE}"
+        " (acknowledge, event 2); use a new key for a new command"
+    )
+    # The same kind with other arguments is another command too.
+    key = {"Idempotency-Key": "k-2"}
+    assert api.command("evidence", "admin", {"note": "scorch marks"}, headers=key).status_code == 200
+    r = api.command("evidence", "admin", {"note": "melted lid"}, headers=key)
+    assert r.status_code == 422 and "(evidence, event 3)" in r.json()["detail"]
+    r = api.command("evidence", "admin", {"note": "scorch marks", "complaints": ["c-1"]}, headers=key)
+    assert r.status_code == 422
+    key = {"Idempotency-Key": "k-3"}
+    task = {"title": "x-ray", "owner": "bo", "role": "engineering", "due": 2_000_000_000}
+    assert api.command("add_task", "admin", task, headers=key).status_code == 200
+    assert api.command("add_task", "admin", {**task, "due": 2_000_000_001}, headers=key).status_code == 422
+    assert api.open(headers=key).status_code == 422  # opening the same case is no retry of a task
+    # A true retry (the same kind and arguments) still replays the first answer, and acts once.
+    again = api.command("acknowledge", "admin", headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 200 and again.json()["seqs"] == first.json()["seqs"] == [2]
+    replay = api.command("add_task", "admin", {**task, "due": 2e9}, headers=key)
+    assert replay.status_code == 200 and replay.json()["seqs"] == [4]
+    events = CaseStore(store).events(CASE)
+    assert [str(e.action) for e in events] == ["open", "acknowledge", "evidence", "add_task"]
+    assert [e.data["note"] for e in events if str(e.action) == "evidence"] == ["scorch marks"]
+
+
+def test_a_case_whose_names_exceed_scope_limits_reads_without_its_scope(
+    api: Api, store: ClickHouseStore
+) -> None:
+    # An alert from the topic may name a model longer than a registry scope allows (128 characters):
+    # building the scope raised a ValidationError inside the route, a 500 for every role.
+    worker = CaseDesk(CaseStore(store), DEFAULT_MATRIX, time.time)
+    (opened,) = worker.on_alert({**ALERT, "model": "M" * 200}, at=time.time())
+    for role in ROLES:
+        r = api.get(f"/v1/cases/{opened.case_id}", role)
+        assert r.status_code == 200, r.text
+        case = r.json()
+        assert case["case_id"] == opened.case_id and case["state"] == "open"
+        assert case["scope"] is None and case["complaints"] == []
+        assert case["scope_note"] == (
+            "affected units not resolved: models.0: String should have at most 128 characters"
+        )
+    normal = api.get(f"/v1/cases/{api.open().json()['case']['case_id']}").json()
+    assert normal["scope"]["units"] == 0 and "scope_note" not in normal
 
 
 def test_the_audit_trail_says_who_when_and_why(api: Api) -> None:
@@ -357,6 +419,27 @@ def test_listing_by_rank_puts_the_likeliest_recall_first(api: Api, store: ClickH
     top = api.get("/v1/cases?order=rank&limit=1").json()["cases"]
     assert [ids.get(c["case_id"]) for c in top] == ["B02"]  # the cut comes after the sort
     assert api.get("/v1/cases?order=score").status_code == 422
+
+
+def test_listing_by_rank_reads_any_number_of_cases(api: Api, store: ClickHouseStore) -> None:
+    # Ordered by rank, every case's log is read; all the ids in one query made it longer than
+    # ClickHouse's max_query_size (256 KiB) from about 9,000 cases on, and the listing was a 500.
+    book = CaseBook()
+    opened = [
+        book.open_case(SignalIdentity.cell("KT-1", f"B{i}", "heat"), actor="qm", at=1000.0 + i, reason="r")
+        for i in range(10_000)
+    ]
+    CaseStore(store).append(opened, recorded_at=time.time())
+    worker = CaseDesk(CaseStore(store), DEFAULT_MATRIX, time.time)
+    ranked = []
+    for batch, score in (("R1", 0.2), ("R2", 0.9)):
+        alert = {**ALERT, "alert_id": f"a-{batch}", "batch": batch, "rank": {"score": score, "ranker": "v1"}}
+        ranked.append(worker.on_alert(alert, 500.0)[0].case_id)  # changed before every unranked case
+    r = api.get("/v1/cases?order=rank&limit=4")
+    assert r.status_code == 200, r.text
+    newest = [e.case_id for e in reversed(opened[-2:])]
+    assert [c["case_id"] for c in r.json()["cases"]] == [ranked[1], ranked[0], *newest]
+    assert len(api.get("/v1/cases?order=rank&limit=1000&model=KT-1").json()["cases"]) == 1000
 
 
 class QueueingBus:
