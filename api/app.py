@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Annotated, Any
 
@@ -21,11 +22,13 @@ from core.access import AccessPolicy
 from recallwatch.case_bus import CommandBus, DirectCommandBus
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, ConcernIndex
-from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
+from sinks.clickhouse import ClickHouseError, ClickHouseStore, ClickHouseUnavailable
 from sinks.registry_store import RegistryStore
 from sinks.schema import row_counts
 
 NAME = Annotated[str, Query(min_length=1, max_length=128)]
+# ClickHouse's refusals of a query for its size (chdb 26.9 and 18.16 word them alike): the caller's.
+_TOO_BIG = re.compile(r"max query size exceeded|AST is too (big|deep)", re.I)
 
 
 def create_api(
@@ -63,6 +66,26 @@ def create_api(
         # An outage of the store is not the caller's fault; say so plainly and ask to retry.
         return JSONResponse(status_code=503, content={"detail": f"ClickHouse unavailable: {exc}"})
 
+    @api.exception_handler(ClickHouseError)
+    async def _store_refused(request: Request, exc: ClickHouseError) -> JSONResponse:
+        # Routes validate what they send, so a refused query is not expected; but a 500 tells the
+        # caller nothing. A query too big for ClickHouse is made of what the caller sent: a 413 that
+        # says to send less. Anything else (a memory or time limit, a store in trouble) is the
+        # store's failure, answered like an outage: a 503. The message is cut short, because
+        # ClickHouse quotes the query, which may be a quarter of a megabyte of the caller's names.
+        message = str(exc)
+        if _TOO_BIG.search(message):
+            return JSONResponse(
+                status_code=413,
+                content={"detail": "request too large: the query it needs exceeds ClickHouse's size limits"},
+            )
+        # 18.16 spreads its message over lines and appends a stack trace: one line, no trace.
+        summary = " ".join(message.split("Stack trace:")[0].split()) or type(exc).__name__
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"ClickHouse could not answer: {_shorten(summary, 300)}"},
+        )
+
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI parses a body before it resolves dependencies, so a caller without a key would
@@ -78,7 +101,9 @@ def create_api(
                 )
         # FastAPI's own handler echoes the offending input, and Python's JSON parser reads NaN and
         # Infinity, which Starlette's JSONResponse refuses to write: a body holding them was a 500.
-        detail = _finite(jsonable_encoder(exc.errors()))
+        # A lone surrogate ("\ud800", valid JSON, refused by pydantic) is echoed too, and UTF-8 has no
+        # encoding for it: escaped, or the 422 was a 500.
+        detail = _encodable(_finite(jsonable_encoder(exc.errors())))
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @api.get("/health")
@@ -162,6 +187,21 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with strings UTF-8 cannot encode (lone surrogates) backslash-escaped, keys too."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _with_link(row: dict[str, Any], public_url: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: FastAPI must resolve the closure-l
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -80,8 +81,13 @@ def registry_router(
     def units_csv(scope: Scope, role: Role) -> StreamingResponse:
         """Every unit in scope as CSV, streamed page by page (any scope size, flat memory)."""
         contacts = policy.sees_contacts(role)
+        lines = _csv_lines(registry, scope, contacts)
+        # The first page is read before the response starts: once the 200 is sent, a query the
+        # store refuses can only cut the CSV short, so a scope ClickHouse cannot run must fail here,
+        # where the app's handlers still answer with a status and a message.
+        first = next(lines)
         return StreamingResponse(
-            _csv_lines(registry, scope, contacts),
+            itertools.chain([first], lines),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="scope-units.csv"'},
         )

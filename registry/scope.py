@@ -14,6 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Names = Annotated[list[Name], Field(min_length=1, max_length=10_000)]
+# The lists' names together, as the query spells them (see `list_bytes`). Every list goes into the
+# query text, and ClickHouse refuses a query past max_query_size (256 KiB = 262,144 bytes, the default
+# on chdb and on the 18.16 server, which takes no per-query override): 10,000 names of 128 characters
+# made "Max query size exceeded", a 500. 250,000 leaves the rest of the query (2 KB at most) room.
+MAX_LIST_BYTES = 250_000
+# Scope times are compared as ClickHouse DateTimes, which hold 1970-01-01..2106-02-07 only, and the
+# back ends disagree outside it: 18.16 wraps (1960 became 2096, so "produced before 1960" matched
+# every unit) where chdb saturates. Refused rather than clamped: a clamped 1900 would also admit the
+# units stored without a production time (0), where 1990 would not. The registry stores 1990..2100
+# (registry/tabular.py), so nothing a real scope means is lost.
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2105, 12, 31)
+MIN_BOUND = 0
+MAX_BOUND = int(datetime.combine(LAST_DAY + timedelta(days=1), time(), tzinfo=UTC).timestamp())
+DATE_RANGE_MESSAGE = f"dates in a scope must be from {FIRST_DAY} to {LAST_DAY} (UTC)"
 LIST_FIELDS = ("models", "batches", "lines", "plants", "supplier_lots", "regions", "channels", "stores")
 RANGE_FIELDS = (("produced_from", "produced_to"), ("shipped_from", "shipped_to"))
 
@@ -71,6 +85,12 @@ class Scope(BaseModel):
             raise ValueError(
                 "empty scope: give at least one of " + ", ".join((*LIST_FIELDS, *sum(RANGE_FIELDS, ())))
             )
+        size = self.list_bytes()
+        if size > MAX_LIST_BYTES:
+            raise ValueError(
+                f"scope too large: its names take {size:,} bytes, at most {MAX_LIST_BYTES:,} (UTF-8 "
+                "bytes of every name in every list, plus 4 per name; a quote or backslash counts twice)"
+            )
         for low, high in RANGE_FIELDS:
             lo, hi = self.bounds(low, high)
             if lo is not None and hi is not None and lo >= hi:
@@ -80,6 +100,14 @@ class Scope(BaseModel):
     def bounds(self, low: str, high: str) -> tuple[int | None, int | None]:
         """Half-open [from, to) epoch-second bounds of a range criterion (None = open end)."""
         return _epoch(getattr(self, low), end=False), _epoch(getattr(self, high), end=True)
+
+    def list_bytes(self) -> int:
+        """The bytes the lists take in a query: each name quoted, escaped and comma-separated."""
+        return sum(
+            len(name.encode("utf-8", "surrogatepass")) + name.count("'") + name.count("\\") + 4
+            for field in LIST_FIELDS
+            for name in getattr(self, field) or ()
+        )
 
     def criteria(self) -> dict[str, Any]:
         """The criteria that were given, for echoing back and for audit."""
@@ -92,11 +120,17 @@ def _epoch(value: datetime | date | None, *, end: bool) -> int | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("datetimes in a scope need a timezone (or give a plain date)")
-        return int(value.timestamp())
+        try:
+            epoch = int(value.timestamp())
+        except (OverflowError, ValueError):  # year 1 at a positive offset is before year 1 in UTC
+            raise ValueError(DATE_RANGE_MESSAGE) from None
+        if not MIN_BOUND <= epoch <= MAX_BOUND:
+            raise ValueError(DATE_RANGE_MESSAGE)
+        return epoch
+    # Checked before the day after is computed: 9999-12-31 has none (an OverflowError, a 500).
+    if not FIRST_DAY <= value <= LAST_DAY:
+        raise ValueError(DATE_RANGE_MESSAGE)
     day = datetime.combine(value, time(), tzinfo=UTC)
     if end:
-        try:
-            day += timedelta(days=1)
-        except OverflowError:  # the day after 9999-12-31: a ValueError, so the caller gets a 422
-            raise ValueError("dates in a scope must be before 9999-12-31") from None
+        day += timedelta(days=1)
     return int(day.timestamp())

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_api
 from core.access import ROLES, AccessPolicy
 from recallwatch.registry_import import import_files
+from sinks.clickhouse import ClickHouseError
 from sinks.registry_store import RegistryStore
 
 pytestmark = pytest.mark.integration
@@ -142,6 +143,96 @@ def test_bad_scopes_are_4xx_with_a_message(client: TestClient, body: dict, messa
     r = client.post("/v1/scopes/resolve", json=body, headers=OPS)
     assert r.status_code == 422
     assert message in r.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"produced_to": "1960-01-01"},  # 18.16 wrapped it to 2096: every unit, where chdb found none
+        {"produced_from": "1900-01-01"},  # and this matched none on 18.16
+        {"produced_from": "2107-01-01T00:00:00Z"},
+        {"shipped_to": "1969-12-31T23:59:59Z"},
+        {"produced_to": "9999-12-31"},
+    ],
+)
+def test_scope_dates_outside_datetime_range_are_a_422_on_both_back_ends(
+    client: TestClient, body: dict
+) -> None:
+    for url in ("/v1/scopes/resolve", "/v1/scopes/units.csv"):
+        r = client.post(url, json=body, headers=OPS)
+        assert r.status_code == 422, (url, r.status_code, r.text[:300])
+        assert "dates in a scope must be from 1970-01-01 to 2105-12-31" in r.text
+
+
+def test_the_widest_dates_a_scope_takes_give_the_same_answer_on_both_back_ends(client: TestClient) -> None:
+    body = {"produced_from": "1970-01-01", "produced_to": "2105-12-31"}
+    assert client.post("/v1/scopes/resolve", json=body, headers=OPS).json()["units"] == 30
+    body = {"shipped_from": "1970-01-01T00:00:00Z", "shipped_to": "2106-01-01T00:00:00Z"}
+    assert client.post("/v1/scopes/resolve", json=body, headers=OPS).json()["units"] == 30
+
+
+def test_a_scope_too_big_for_a_query_is_a_422_not_a_500(client: TestClient) -> None:
+    # 10,000 names of 128 characters each passed the per-list limits and rendered a query past
+    # ClickHouse's max_query_size: "Max query size exceeded", a 500.
+    names = [f"{i:05d}" + "x" * 123 for i in range(10_000)]
+    for url in ("/v1/scopes/resolve", "/v1/scopes/units.csv"):
+        r = client.post(url, json={"models": names}, headers=OPS)
+        assert r.status_code == 422, (url, r.status_code, r.text[:300])
+        assert "scope too large" in r.text
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (  # chdb 26.9's wording, then 18.16's
+            "Code: 62. DB::Exception: Max query size exceeded (can be increased with the `max_query_size`"
+            " setting): Syntax error: failed at position 262061 ('xxx'). (SYNTAX_ERROR)",
+            413,
+            "request too large",
+        ),
+        (
+            "Code: 62.\nDB::Exception: Syntax error: failed at position 262061: 'xxx'. Max query size"
+            " exceeded. Stack trace:\n\n0. libclickhouse.so.18.16(StackTrace::StackTrace()+0x16)",
+            413,
+            "request too large",
+        ),
+        (
+            "Code: 241.\nDB::Exception: Memory limit (for query) exceeded. Stack trace:\n\n0. x",
+            503,
+            "ClickHouse could not answer: Code: 241. DB::Exception: Memory limit (for query) exceeded.",
+        ),
+    ],
+)
+def test_a_query_clickhouse_refuses_is_a_clear_4xx_or_503_not_a_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, error: str, status: int, message: str
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ClickHouseError(error)
+
+    monkeypatch.setattr(RegistryStore, "resolve", refuse)
+    monkeypatch.setattr(RegistryStore, "iter_units", refuse)
+    for url in ("/v1/scopes/resolve", "/v1/scopes/units.csv"):
+        # units.csv streams: its first page is read before the 200 goes out, so this is a status
+        r = client.post(url, json={"models": ["KT"]}, headers=OPS)
+        assert r.status_code == status, (url, r.status_code, r.text[:300])
+        assert r.json()["detail"].startswith(message)
+        assert "Stack trace" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/scopes/resolve", b'{"models": ["\\ud800"]}'),
+        ("/v1/scopes/units.csv", b'{"regions": ["x\\udfff"]}'),
+        ("/v1/scopes/resolve", b'{"\\ud800": 1}'),  # echoed as a key of the error's location
+        ("/v1/cases", b'{"identity": ["cell", "K\\ud800", "B", "*"], "reason": "r", "actor": "a"}'),
+    ],
+)
+def test_a_lone_surrogate_in_a_body_is_a_422_not_a_500(client: TestClient, url: str, body: bytes) -> None:
+    # Valid JSON that pydantic rightly refuses; the 422 echoed it, and UTF-8 cannot encode it.
+    r = client.post(url, content=body, headers={**OPS, "Content-Type": "application/json"})
+    assert r.status_code == 422, (r.status_code, r.text[:300])
+    assert "\\ud800" in r.text or "\\udfff" in r.text  # escaped, so the caller still sees what it sent
 
 
 def test_unit_lookup_and_case_read_join_cases_scope_and_complaints(client: TestClient, store) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recallwatch.registry_import import import_files
-from registry.scope import Scope
+from registry.scope import MAX_LIST_BYTES, Scope
 from registry.serials import compress_serials
 from sinks.case_store import CaseStore, ConcernIndex
 from sinks.clickhouse import ClickHouseStore
@@ -259,3 +259,31 @@ def test_the_stored_reachable_flag_follows_the_pure_rule_through_updates(
                 customer_email=email,
             )
             assert stored[serial] == int(unit.reachable), (serial, consent, phone, email)
+
+
+def test_the_largest_scope_accepted_runs_on_both_back_ends(registry: RegistryStore, tmp_path: Path) -> None:
+    # The API refuses a scope whose names outgrow MAX_LIST_BYTES, so anything it takes must fit
+    # ClickHouse's max_query_size (256 KiB on chdb and 18.16 alike), however escaped and multibyte.
+    write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())
+    import_files([tmp_path / "mes.csv"], registry, now=NOW, progress=False)
+    filler = [f"{i:05d}" + ("'\\é日" * 31)[:123] for i in range(10_000)]
+    per_name = Scope(models=filler[:1]).list_bytes()
+    assert per_name > 128 * 2  # quotes and backslashes escaped, é and 日 two and three bytes
+    count = (MAX_LIST_BYTES - 6) // per_name
+    scope = Scope(models=["A", *filler[: count // 2]], supplier_lots=filler[count // 2 : count])
+    assert MAX_LIST_BYTES - per_name < scope.list_bytes() <= MAX_LIST_BYTES
+    assert registry.resolve(scope)["units"] == 0  # model A, but none of A's lots: criteria are ANDed
+    wide = Scope(models=["A", *filler[: count - 1]])
+    assert registry.resolve(wide)["units"] == 19
+    assert sum(len(page) for page in registry.iter_units(wide, contacts=False)) == 19
+
+
+def test_the_widest_scope_dates_give_the_same_answer_on_both_back_ends(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    write_csv(tmp_path / "mes.csv", MES_COLUMNS, mes_rows())
+    import_files([tmp_path / "mes.csv"], registry, now=NOW, progress=False)
+    widest = Scope(produced_from="1970-01-01", produced_to="2105-12-31")
+    assert registry.resolve(widest)["units"] == 26
+    instants = Scope(produced_from="1970-01-01T00:00:00Z", produced_to="2106-01-01T00:00:00Z")
+    assert registry.resolve(instants)["units"] == 26

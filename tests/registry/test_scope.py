@@ -37,3 +37,45 @@ def test_a_zoned_midnight_is_echoed_as_the_instant_it_is() -> None:
 def test_naive_or_malformed_times_are_refused(value: str) -> None:
     with pytest.raises(ValidationError):
         Scope(models=["M"], produced_from=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("produced_to", "1969-12-31"),  # ClickHouse's DateTime starts at 1970: 18.16 wrapped the rest
+        ("produced_from", "1900-01-01"),
+        ("produced_from", "0001-01-01"),
+        ("shipped_to", "2106-01-01"),  # its day after is past what the server's DateTime holds
+        ("shipped_to", "9999-12-31"),
+        ("shipped_from", "1969-12-31T23:59:59Z"),
+        ("shipped_from", "0001-01-01T00:00:00+01:00"),
+        ("produced_from", "2106-01-01T00:00:01Z"),
+        ("produced_to", "2107-01-01T00:00:00Z"),
+    ],
+)
+def test_dates_outside_what_clickhouse_compares_alike_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match="dates in a scope must be from 1970-01-01 to 2105-12-31"):
+        Scope(models=["M"], **{field: value})
+
+
+def test_the_widest_dates_are_taken() -> None:
+    scope = Scope(produced_from="1970-01-01", produced_to="2105-12-31")
+    assert scope.bounds("produced_from", "produced_to") == (0, epoch(2106, 1, 1))
+    instants = Scope(shipped_from="1970-01-01T00:00:00Z", shipped_to="2106-01-01T00:00:00Z")
+    assert instants.bounds("shipped_from", "shipped_to") == (0, epoch(2106, 1, 1))
+
+
+def test_a_scope_is_refused_when_its_names_outgrow_a_query() -> None:
+    # 10,000 names of 128 characters (each list's own limits) came to 1.3 MB of query: a 500.
+    with pytest.raises(ValidationError, match="scope too large: its names take 1,320,000 bytes"):
+        Scope(models=[f"{i:05d}" + "x" * 123 for i in range(10_000)])
+    # The limit is on all lists together, as the query spells them: quotes and backslashes escaped.
+    assert Scope(models=["a'b"], batches=["\\", "é"]).list_bytes() == (3 + 1 + 4) + (1 + 1 + 4) + (2 + 4)
+    half = [f"{i:05d}" + "x" * 118 for i in range(1000)]  # 127 bytes each: 127,000 per list
+    assert Scope(models=half).list_bytes() == 127_000
+    with pytest.raises(ValidationError, match="scope too large"):
+        Scope(models=half, batches=half)
+    quoted = ["'" * 60] * 2100  # 60 characters, 124 bytes in the query
+    with pytest.raises(ValidationError, match="scope too large"):
+        Scope(supplier_lots=quoted)
+    assert Scope(supplier_lots=quoted[:2016]).list_bytes() == 249_984  # within the limit
