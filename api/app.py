@@ -103,7 +103,7 @@ def create_api(
         # Infinity, which Starlette's JSONResponse refuses to write: a body holding them was a 500.
         # A lone surrogate ("\ud800", valid JSON, refused by pydantic) is echoed too, and UTF-8 has no
         # encoding for it: escaped, or the 422 was a 500.
-        detail = _encodable(_finite(jsonable_encoder(exc.errors())))
+        detail = [_echoable(error) for error in jsonable_encoder(exc.errors())]  # every error, each cut short
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @api.get("/health")
@@ -178,25 +178,25 @@ def create_api(
     return api
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and Infinity as strings: JSON has no literal for them."""
+# How much of a caller's input a 422 echoes: enough to spot the bad value, not the whole body again
+# (a scope refused for its size echoed its 1.3 MB of names).
+_ECHO_ITEMS, _ECHO_CHARS = 20, 500
+
+
+def _echoable(value: Any) -> Any:
+    """``value`` as a 422 may echo it: writable as JSON and short.
+
+    NaN and Infinity become strings (JSON has no literal for them); strings UTF-8 cannot encode
+    (lone surrogates) are backslash-escaped, keys too; long strings and lists are cut.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _encodable(value: Any) -> Any:
-    """``value`` with strings UTF-8 cannot encode (lone surrogates) backslash-escaped, keys too."""
     if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return _shorten(value.encode("utf-8", "backslashreplace").decode("utf-8"), _ECHO_CHARS)
     if isinstance(value, dict):
-        return {_encodable(k): _encodable(v) for k, v in value.items()}
+        return {_echoable(k): _echoable(v) for k, v in list(value.items())[:_ECHO_ITEMS]}
     if isinstance(value, list):
-        return [_encodable(v) for v in value]
+        return [_echoable(v) for v in value[:_ECHO_ITEMS]]
     return value
 
 
