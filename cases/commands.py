@@ -41,6 +41,10 @@ class CommandRefused(ValueError):
     """A command that is well formed but not allowed now (who, what or the case's state)."""
 
 
+class InvalidCommand(CommandRefused):
+    """A command whose arguments have the wrong shape: carrying it out could only fail halfway."""
+
+
 class UnknownCase(LookupError):
     """A command on a case id that has no events."""
 
@@ -68,6 +72,12 @@ class Command:
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> Command:
+        """The command of its JSON form; ValueError for an unknown kind or arguments of the wrong shape."""
+        if not isinstance(row, Mapping):
+            raise ValueError(f"not a case command: a command is an object, got {row!r:.100}")
+        args = row.get("args") or {}
+        if not isinstance(args, Mapping):  # dict() would read a list of pairs, or fail in its own words
+            raise ValueError(f"not a case command: args must be an object, got {args!r:.100}")
         try:
             cmd = cls(
                 str(row["command_id"]),
@@ -76,19 +86,21 @@ class Command:
                 str(row["actor"]),
                 float(row["at"]),
                 str(row["reason"]),
-                dict(row.get("args") or {}),
+                dict(args),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a case command: {exc}") from None
         if cmd.kind not in HANDLERS:
             raise ValueError(f"unknown command {cmd.kind!r}; commands are {', '.join(HANDLERS)}")
+        check_args(cmd.kind, cmd.args)
         return cmd
 
 
 def execute(book: CaseBook, matrix: RiskMatrix, cmd: Command) -> list[CaseEvent]:
     """Run ``cmd`` against ``book``; returns the new events (or the earlier ones, if it already ran).
 
-    Raises CommandRefused, UnknownCase, or the lifecycle's InvalidTransition; nothing is recorded then.
+    Raises CommandRefused (InvalidCommand for arguments of the wrong shape), UnknownCase, or the
+    lifecycle's InvalidTransition; nothing is recorded then.
     """
     done = book.command_events(cmd.command_id)
     if done:
@@ -102,6 +114,7 @@ def execute(book: CaseBook, matrix: RiskMatrix, cmd: Command) -> list[CaseEvent]
     handler = HANDLERS.get(cmd.kind)
     if handler is None:
         raise CommandRefused(f"unknown command {cmd.kind!r}; commands are {', '.join(HANDLERS)}")
+    check_args(cmd.kind, cmd.args)
     if cmd.kind != "open" and book.case(cmd.case_id) is None:
         raise UnknownCase(f"no case {cmd.case_id}")
     return handler(book, matrix, cmd)
@@ -302,6 +315,69 @@ HANDLERS: Final[Mapping[str, Callable[[CaseBook, RiskMatrix, Command], list[Case
     "escalate": _escalate,
 }
 """Command kind -> handler. The API's role checks name these kinds."""
+
+
+# The shape of each argument a handler reads, by command kind. A handler refuses a missing argument
+# by name, but one of the wrong type (complaints of 5, a scope of [{}]) made it fail with a bare
+# TypeError or KeyError that nobody expected: checked here, it is refused before anything is done.
+# A null counts as absent; arguments no handler reads are ignored.
+def _text(value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r:.100}")
+
+
+def _whole(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, got {value!r:.100}")
+
+
+def _number(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r:.100}")
+
+
+def _texts(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of strings, got {value!r:.100}")
+
+
+def _identity(value: Any) -> None:
+    SignalIdentity.from_list(value).checked()
+
+
+def _identities(value: Any) -> None:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of signal identities, got {value!r:.100}")
+    for item in value:
+        _identity(item)
+
+
+ARG_SHAPES: Final[Mapping[str, Mapping[str, Callable[[Any], None]]]] = {
+    "open": {"identity": _identity},
+    "assign": {"person": _text, "role": _text},
+    "take": {"role": _text},
+    "score": {"dimension": _text, "value": _whole},
+    "decide": {"decision": _text},
+    "launch_campaign": {"scope": _identities, "remedy": _text},
+    "silence": {"until": _number},
+    "add_task": {"title": _text, "owner": _text, "role": _text, "due": _number},
+    "complete_task": {"task_id": _text},
+    "escalate": {"task_id": _text, "to": _text, "overdue_s": _number},
+    "evidence": {"note": _text, "complaints": _texts},
+}
+"""Command kind -> argument name -> its check (raises ValueError saying what is wrong)."""
+
+
+def check_args(kind: str, args: Mapping[str, Any]) -> None:
+    """Raise InvalidCommand if an argument of a ``kind`` command has the wrong shape."""
+    for name, check in ARG_SHAPES.get(kind, {}).items():
+        value = args.get(name)
+        if value is None:
+            continue
+        try:
+            check(value)
+        except ValueError as exc:
+            raise InvalidCommand(f"{kind}: {name}: {exc}") from None
 
 
 def overdue_commands(

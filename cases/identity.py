@@ -22,14 +22,33 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
 from cases.lifecycle import TRANSITIONS, Action, Case, CaseEvent, Decision, State
+from registry.units import CONTROL_CHARS, MAX_TEXT
 
 KINDS: Final = {"cell": 3, "lot": 1}  # kind -> number of parts: (model, batch, failure_mode) | (lot_id,)
+
+# The names the rest of the system takes (events in streams/records.py, scopes in registry/scope.py):
+# a model or batch keys cells and topics as ``model|batch``, so neither holds a "|", and no name holds
+# a control character. A failure mode is checked as events check it, by length only: an alert can
+# only carry a failure mode some accepted event had, and such an alert must still get its case.
+_KEY_NAME = re.compile(rf"[^|{CONTROL_CHARS}]{{1,{MAX_TEXT}}}")
+_TEXT_NAME = re.compile(rf"[^{CONTROL_CHARS}]{{1,{MAX_TEXT}}}")
+_MODE_NAME = re.compile(rf".{{1,{MAX_TEXT}}}", re.DOTALL)
+_RULES: Final = {
+    _KEY_NAME: f"1-{MAX_TEXT} printable characters without '|'",
+    _TEXT_NAME: f"1-{MAX_TEXT} printable characters",
+    _MODE_NAME: f"1-{MAX_TEXT} characters",
+}
+_PART_RULES: Final = {
+    "cell": (("model", _KEY_NAME), ("batch", _KEY_NAME), ("failure_mode", _MODE_NAME)),
+    "lot": (("lot", _TEXT_NAME),),
+}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -41,7 +60,22 @@ class SignalIdentity:
 
     def __post_init__(self) -> None:
         if KINDS.get(self.kind) != len(self.parts) or not all(isinstance(p, str) and p for p in self.parts):
-            raise ValueError(f"not a signal identity: {self.kind!r} {self.parts!r}")
+            raise ValueError(f"not a signal identity: {self.kind!r:.140} {self.parts!r:.400}")
+
+    def checked(self) -> SignalIdentity:
+        """This identity if its names are ones the rest of the system takes; else ValueError, saying which.
+
+        Checked where an identity comes in (an alert or a command off Kafka), not on construction:
+        cases stored before the check must still load. A longer name would open a case whose later
+        reads (its scope, the API's filters) refuse it.
+
+        >>> SignalIdentity.cell("M", "B|2", "fire").checked()
+        Traceback (most recent call last):
+        ...
+        ValueError: batch must be 1-128 printable characters without '|', got 'B|2'
+        """
+        check_names(self.kind, self.parts)
+        return self
 
     @classmethod
     def cell(cls, model: str, batch: str, failure_mode: str) -> SignalIdentity:
@@ -68,11 +102,33 @@ class SignalIdentity:
         return [self.kind, *self.parts]
 
     @classmethod
-    def from_list(cls, items: Sequence[str]) -> SignalIdentity:
-        return cls(str(items[0]), tuple(str(p) for p in items[1:]))
+    def from_list(cls, items: object) -> SignalIdentity:
+        """The identity of its JSON form; ValueError for anything else (an object, a number, a string)."""
+        if not isinstance(items, list | tuple) or not items or not all(isinstance(p, str) for p in items):
+            raise ValueError(
+                f"a signal identity is a list of strings like ['cell', model, batch, failure_mode] or"
+                f" ['lot', lot_id], got {items!r:.140}"
+            )
+        return cls(items[0], tuple(items[1:]))
 
     def __str__(self) -> str:
         return "/".join(self.to_list())
+
+
+def check_names(kind: str, parts: Sequence[str]) -> None:
+    """Raise ValueError, naming the part, unless ``parts`` are names the system takes for ``kind``.
+
+    >>> check_names("cell", ("M", "", "fire"))
+    Traceback (most recent call last):
+    ...
+    ValueError: batch must be 1-128 printable characters without '|', got ''
+    """
+    rules = _PART_RULES.get(kind)
+    if rules is None or len(rules) != len(parts):
+        raise ValueError(f"not a signal identity: {kind!r:.140} {parts!r:.400}")
+    for (what, rule), value in zip(rules, parts, strict=True):
+        if not isinstance(value, str) or rule.fullmatch(value) is None:
+            raise ValueError(f"{what} must be {_RULES[rule]}, got {value!r:.140}")
 
 
 def case_id_for(identity: SignalIdentity) -> str:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cases.commands import Command, CommandRefused, UnknownCase, execute, overdue_commands
+from cases.commands import Command, CommandRefused, InvalidCommand, UnknownCase, execute, overdue_commands
 from cases.identity import CaseBook, related_recalls
 from cases.lifecycle import CaseEvent, ConflictingEvent, InvalidTransition
 from cases.risk import RiskMatrix
@@ -26,6 +26,14 @@ from sinks.case_store import CaseStore, CommandResult, seqs_of
 
 log = logging.getLogger("recallwatch.cases")
 REFRESH_MARGIN_S = 120.0
+
+
+class UnusableInput(ValueError):
+    """The pure case core raised on an alert: the input's fault, so retrying can never help.
+
+    Raised only for what the core does with the input, never for the store's reads and writes
+    around it, so a caller that retries store failures can tell the two apart.
+    """
 
 
 class CaseDesk:
@@ -61,7 +69,11 @@ class CaseDesk:
         """
         with self._lock:
             book = self.refresh()
-            outcome = book.on_alert(alert, at)
+            try:
+                outcome = book.on_alert(alert, at)
+            except Exception as exc:
+                self.book = None  # it may have applied part of the event: rebuilt, it holds only the log
+                raise UnusableInput(f"the case desk cannot take this alert: {exc!r:.500}") from exc
             if outcome.event is None:
                 case = book.case(outcome.case_id)
                 alert_id = str(alert.get("alert_id") or "")
@@ -83,15 +95,24 @@ class CaseDesk:
             return related_recalls(book, model, failure_mode, batch)
 
     def run(self, cmd: Command) -> tuple[CommandResult, list[CaseEvent]]:
-        """Carry out a command; a refused one is recorded with the reason and changes nothing."""
+        """Carry out a command; a refused or invalid one is recorded with the reason and changes nothing."""
         with self._lock:
             book = self.refresh()
             try:
                 events = execute(book, self.matrix, cmd)
             except UnknownCase as exc:
                 return self._result(cmd, "unknown_case", str(exc), []), []
+            except InvalidCommand as exc:
+                return self._result(cmd, "invalid", str(exc), []), []
             except (CommandRefused, InvalidTransition, ValueError) as exc:
                 return self._result(cmd, "refused", str(exc), []), []
+            except Exception as exc:
+                # Only the pure core ran, so this is the command's fault (or a core bug it trips):
+                # raised, it would be retried for ever; answered, the sender learns and the case moves on.
+                self.book = None  # it may have applied part of an event: rebuilt, it holds only the log
+                log.exception("case command %s (%s) broke the case core", cmd.command_id, cmd.kind)
+                detail = f"the case desk cannot carry out this command: {exc!r:.500}"
+                return self._result(cmd, "invalid", detail, []), []
             self._store_or_forget(events)
             return self._result(cmd, "ok", "", events), events
 

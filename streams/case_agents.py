@@ -18,17 +18,17 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import orjson
 
 from cases.commands import Command
-from cases.identity import SignalIdentity, case_id_for
+from cases.identity import SignalIdentity, case_id_for, check_names
 from cases.lifecycle import CaseEvent
 from core.alerts import ALL_MODES, Alert
 from recallwatch.case_bus import COMMAND_TYPE, command_message
-from recallwatch.case_desk import CaseDesk
+from recallwatch.case_desk import CaseDesk, UnusableInput
 from sinks.case_store import ThreadPosition
 from sinks.slack_threads import SlackPermanentError, ThreadRef
 from streams.flushing import Sent, confirm_sent
@@ -37,6 +37,7 @@ from streams.records import Rejection
 log = logging.getLogger("recallwatch.cases")
 Insert = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 Retry = Callable[[str, Callable[[], Any]], Awaitable[Any]]
+T = TypeVar("T")
 
 
 def case_key(alert: Alert) -> bytes:
@@ -75,6 +76,9 @@ def _check_alert_types(alert: Alert) -> None:
             raise ValueError(f"alert field {f.name} must be {f.type}, got {value!r:.100}")
     if not all(isinstance(d, str) for d in alert.detectors_fired):
         raise ValueError("alert field detectors_fired must be a list of strings")
+    # An empty model made the case desk raise on every retry; a 200-character one opened a case
+    # that later reads refuse. Checked here, such an alert is dead-lettered with the reason.
+    check_names("cell", (alert.model, alert.batch, alert.failure_mode))
 
 
 def decode_case_event(
@@ -224,6 +228,50 @@ def forget_positions_on_rebalance(app: faust.App, poster: CaseThreadPoster) -> N
     app.on_partitions_revoked.connect(on_revoked)
 
 
+def _unless_unusable(call: Callable[..., T], *args: Any) -> T | UnusableInput:
+    """``call(*args)``, or the UnusableInput it raised, returned so the retry loop ends.
+
+    The loop retries whatever is raised, which is right for the store (an outage must only delay)
+    and wrong for an input the case core cannot take: that one stalled every case on the partition.
+    """
+    try:
+        return call(*args)
+    except UnusableInput as exc:
+        return exc
+
+
+async def apply_case_input(deps: CaseAgentDeps, raw: bytes | None, source: Any) -> list[CaseEvent]:
+    """What the cases agent does with one alerts-topic message: the case events to pass on.
+
+    A message that cannot be read, or that the case desk cannot take, is dead-lettered with the
+    reason and yields no events. Store failures are retried (``deps.retry``) however long they last.
+    """
+    desk = deps.desk
+    item = decode_case_input(raw)
+    if isinstance(item, Rejection):
+        await deps.reject(item.payload, item.reason, source)
+        return []
+    if isinstance(item, Alert):
+        alert_fields, at = item.to_dict(), deps.clock()
+        if deps.rank is not None and item.failure_mode != ALL_MODES:
+            alert_fields["rank"] = await deps.rank(alert_fields)  # the ranker reads one failure mode
+        events = await deps.retry(
+            "case update", lambda: asyncio.to_thread(_unless_unusable, desk.on_alert, alert_fields, at)
+        )
+        if isinstance(events, UnusableInput):
+            await deps.reject(raw or b"", str(events), source)
+            return []
+        return list(events)
+    cmd = item
+    result, events = await deps.retry("case command", lambda: asyncio.to_thread(desk.run, cmd))
+    if result.status != "ok":
+        log.warning("case command %s (%s) %s: %s", cmd.command_id, cmd.kind, result.status, result.detail)
+    if result.status == "invalid":
+        # Answered (its sender reads the result), and dead-lettered, as any unusable input is.
+        await deps.reject(raw or b"", f"case command {cmd.kind}: {result.detail}", source)
+    return list(events)
+
+
 def add_case_agents(
     app: faust.App,
     alerts_topic: Any,
@@ -249,27 +297,7 @@ def add_case_agents(
     @app.agent(alerts_topic, name="cases")
     async def cases(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
-            item = decode_case_input(raw)
-            if isinstance(item, Rejection):
-                await deps.reject(item.payload, item.reason, _source(stream))
-                continue
-            if isinstance(item, Alert):
-                fields, at = item.to_dict(), deps.clock()
-                if deps.rank is not None and item.failure_mode != ALL_MODES:
-                    fields["rank"] = await deps.rank(fields)  # the ranker reads one failure mode
-                events = await deps.retry(
-                    "case update", lambda f=fields, t=at: asyncio.to_thread(desk.on_alert, f, t)
-                )
-            else:
-                cmd = item
-                result, events = await deps.retry(
-                    "case command", lambda c=cmd: asyncio.to_thread(desk.run, c)
-                )
-                if result.status != "ok":
-                    log.warning(
-                        "case command %s (%s) %s: %s", cmd.command_id, cmd.kind, result.status, result.detail
-                    )
-            await emit(events)
+            await emit(await apply_case_input(deps, raw, _source(stream)))
 
     @app.agent(case_events_topic, name="case-threads")
     async def case_threads(stream: faust.StreamT[bytes]) -> None:

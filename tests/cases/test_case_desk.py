@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from cases.commands import Command
+from cases.commands import HANDLERS, Command
 from cases.lifecycle import State
 from cases.risk import DEFAULT_MATRIX
-from recallwatch.case_desk import CaseDesk
+from recallwatch.case_desk import CaseDesk, UnusableInput
 from sinks.case_store import CaseStore, ConcernIndex, ThreadPosition
 from sinks.clickhouse import ClickHouseError, ClickHouseStore
 
@@ -140,3 +140,49 @@ def test_a_failed_write_leaves_nothing_half_recorded(store: ClickHouseStore, wri
     assert [e.seq for e in stored] == ([1, 2, 3] if write == "command" else [1, 2])
     view = desk_on(store).view(opened.case_id)  # a restarted worker reads only what was stored
     assert view is not None and view.owner == "ana"
+
+
+def test_an_alert_the_case_core_cannot_take_is_unusable_input_and_the_desk_carries_on(
+    store: ClickHouseStore,
+) -> None:
+    """An empty model made SignalIdentity raise a plain ValueError, which the agent retried forever."""
+    desk = desk_on(store)
+    (opened,) = desk.on_alert(ALERT, at=100.0)
+    with pytest.raises(UnusableInput, match=r"cannot take this alert.*not a signal identity"):
+        desk.on_alert({**ALERT, "alert_id": "a2", "model": ""}, at=110.0)
+    (more,) = desk.on_alert({**ALERT, "alert_id": "a3"}, at=120.0)
+    assert more.seq == 2 and [e.seq for e in CaseStore(store).events(opened.case_id)] == [1, 2]
+
+
+def test_commands_with_arguments_of_the_wrong_shape_are_recorded_invalid_and_change_nothing(
+    store: ClickHouseStore,
+) -> None:
+    """They raised TypeError (complaints of 5) and KeyError (a scope of [{}]) out of ``run``."""
+    desk = desk_on(store)
+    (opened,) = desk.on_alert(ALERT, at=100.0)
+    cid = opened.case_id
+    bad = [("c1", "evidence", {"note": "n", "complaints": 5}), ("c2", "launch_campaign", {"scope": [{}]})]
+    for command_id, kind, args in bad:
+        result, events = desk.run(Command(command_id, cid, kind, "ana", 200.0, "r", args))
+        assert events == [] and result.status == "invalid" and f"{kind}: " in result.detail
+        assert desk.store.result(command_id) == result
+    assert [e.seq for e in CaseStore(store).events(cid)] == [1]
+
+
+def test_a_command_that_breaks_the_case_core_is_answered_invalid_not_raised(
+    store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the core raises on a command (here a stand-in for a bug it trips) is the command's
+    fault: recorded with the reason, and the desk goes on with the log as stored."""
+    desk = desk_on(store)
+    (opened,) = desk.on_alert(ALERT, at=100.0)
+
+    def broken(*_args: object) -> list:
+        raise KeyError("scope")
+
+    monkeypatch.setitem(HANDLERS, "assess", broken)
+    result, events = desk.run(Command("c1", opened.case_id, "assess", "ana", 200.0, "triage"))
+    assert events == [] and result.status == "invalid" and "KeyError" in result.detail
+    monkeypatch.undo()
+    result, events = desk.run(Command("c2", opened.case_id, "assess", "ana", 210.0, "triage"))
+    assert result.status == "ok" and [e.seq for e in events] == [2]

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from cases.commands import Command, CommandRefused, UnknownCase, execute, overdue_commands
+from cases.commands import (
+    Command,
+    CommandRefused,
+    InvalidCommand,
+    UnknownCase,
+    execute,
+    overdue_commands,
+)
 from cases.identity import CaseBook, Outcome
 from cases.lifecycle import Action, InvalidTransition, State
 from cases.risk import DEFAULT_MATRIX
@@ -175,3 +184,44 @@ def test_a_command_id_reused_for_another_case_or_action_is_refused() -> None:
         execute(desk.book, DEFAULT_MATRIX, Command("k1", other, "acknowledge", "ana", 6.0, "seen"))
     with pytest.raises(CommandRefused, match="already used"):
         execute(desk.book, DEFAULT_MATRIX, Command("k1", desk.case_id, "assess", "ana", 6.0, "go"))
+
+
+BAD_ARGS = [
+    ("evidence", {"note": "n", "complaints": 5}, "evidence: complaints: must be a list of strings"),
+    ("evidence", {"note": ["n"]}, "evidence: note: must be a string"),
+    ("launch_campaign", {"scope": [{}]}, "launch_campaign: scope: a signal identity is a list"),
+    ("launch_campaign", {"scope": "cell"}, "launch_campaign: scope: must be a list of signal identities"),
+    ("open", {"identity": ["cell", "M" * 200, "B", "fire"]}, "open: identity: model must be 1-128"),
+    ("open", {"identity": ["cell", "M", "B|1", "fire"]}, "open: identity: batch must be"),
+    ("score", {"dimension": "severity", "value": True}, "score: value: must be a whole number"),
+    ("silence", {"until": "soon"}, "silence: until: must be a number"),
+    ("add_task", {"title": "t", "owner": "o", "role": "r", "due": [1]}, "add_task: due: must be a number"),
+]
+
+
+@pytest.mark.parametrize(("kind", "args", "problem"), BAD_ARGS)
+def test_arguments_of_the_wrong_shape_are_refused_as_invalid_before_anything_is_done(
+    kind: str, args: dict, problem: str
+) -> None:
+    # complaints of 5 raised TypeError and a scope of [{}] KeyError inside the handler; a 200-character
+    # model opened a case. Now each is an InvalidCommand (a CommandRefused) saying what is wrong.
+    desk = Desk()
+    before = desk.book.case(desk.case_id)
+    with pytest.raises(InvalidCommand, match=re.escape(problem)):
+        desk.do(kind, **args)
+    assert desk.book.case(desk.case_id) == before and len(desk.book.cases()) == 1
+    row = {"command_id": "c", "case_id": desk.case_id, "kind": kind, "actor": "a", "at": 1, "reason": "r"}
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Command.from_dict({**row, "args": args})
+
+
+def test_commands_of_the_right_shape_still_read_and_args_must_be_an_object() -> None:
+    row = {"command_id": "c", "case_id": "case-1", "kind": "evidence", "actor": "a", "at": 1, "reason": "r"}
+    args = {"note": "melted", "complaints": ["c9"], "surprise": {"ignored": True}}
+    assert Command.from_dict({**row, "args": args}).args == args
+    assert Command.from_dict({**row, "args": {"note": "n", "complaints": None}}).kind == "evidence"
+    for bad in ([["note", "n"]], "note", 5):
+        with pytest.raises(ValueError, match="args must be an object"):
+            Command.from_dict({**row, "args": bad})
+    with pytest.raises(ValueError, match="a command is an object"):
+        Command.from_dict(True)  # type: ignore[arg-type]

@@ -181,3 +181,36 @@ def test_first_event_must_carry_a_matching_identity() -> None:
     event = book.open_case(LOT, actor="ana", at=1.0, reason="complaint from a retailer")
     assert event.case_id == case_id_for(LOT) and book.identity_of(event.case_id) == LOT
     assert book.on_alert(alert("l1", LOT), at=2.0).outcome is Outcome.EVIDENCE
+
+
+@pytest.mark.parametrize("items", [{}, 5, "cell", [], [{}], ["cell", "M", 7, "fire"], None])
+def test_an_identity_of_the_wrong_shape_is_a_value_error(items: Any) -> None:
+    # A scope of [{}] reached from_list and raised KeyError, which nothing expected.
+    with pytest.raises(ValueError, match="signal identity"):
+        SignalIdentity.from_list(items)
+
+
+@pytest.mark.parametrize(
+    ("identity", "problem"),
+    [
+        (SignalIdentity.cell("M" * 129, "B", "fire"), "model must be 1-128"),
+        (SignalIdentity.cell("M", "B|2", "fire"), "batch must be 1-128 printable characters without '|'"),
+        (SignalIdentity.cell("M\n", "B", "fire"), "model must be"),
+        (SignalIdentity.cell("M", "B", "f" * 129), "failure_mode must be 1-128 characters"),
+        (SignalIdentity.lot("L\x00"), "lot must be 1-128 printable characters"),
+    ],
+)
+def test_identities_with_names_the_system_refuses_fail_the_check(
+    identity: SignalIdentity, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        identity.checked()
+
+
+def test_names_the_system_takes_pass_the_check_and_stored_ones_still_load() -> None:
+    for ok in (SignalIdentity.cell("M" * 128, "B 05/x", "*"), SignalIdentity.cell("M", "B", "a|b"), LOT):
+        assert ok.checked() is ok
+    # A case stored before the check keeps loading: the check is at the door, not on construction.
+    long = SignalIdentity.cell("M" * 200, "B", "fire")
+    book = CaseBook([CaseBook().open_case(long, actor="ana", at=1.0, reason="old")])
+    assert book.identity_of(case_id_for(long)) == long

@@ -15,19 +15,27 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import orjson
+import pytest
 
 from cases.commands import Command
+from cases.identity import SignalIdentity, case_id_for
 from cases.risk import DEFAULT_MATRIX
-from recallwatch.case_desk import CaseDesk
-from sinks.case_store import CaseStore, ThreadPosition
-from sinks.clickhouse import ClickHouseStore
+from recallwatch.case_bus import command_message
+from recallwatch.case_desk import CaseDesk, UnusableInput
+from sinks.case_store import CaseStore, CommandResult, ThreadPosition
+from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable
 from sinks.slack_threads import SlackThreadNotifier, ThreadRef
+from streams.app import retry_until_done
 from streams.case_agents import (
     CaseAgentDeps,
     CaseThreadPoster,
+    apply_case_input,
+    decode_case_input,
     forget_positions_on_rebalance,
     reply_target,
 )
+from streams.records import Rejection
 from tests.slack_fake import SlackFake, channel_id
 
 TOKEN = "xoxb-test"
@@ -196,3 +204,122 @@ def test_revoked_partitions_make_the_poster_forget() -> None:
     asyncio.run(app.on_partitions_revoked.send(set()))
 
     assert forgotten == [True]
+
+
+# --- alerts-topic input the case desk cannot take --------------------------------------------------
+
+ALERT = {"alert_id": "a1", "model": "KT", "batch": "B1", "failure_mode": "overheat", "opened_at": 1.0,
+         "detector": "cusum", "detector_params": {}, "config_version": "v1", "score": 1.0, "count": 1,
+         "expected": 1.0, "units_in_field": 1, "rate_per_1000": 1.0, "expected_rate_per_1000": 1.0,
+         "window_s": 1}  # fmt: skip
+CASE = case_id_for(SignalIdentity.cell("KT", "B1", "overheat"))
+
+
+def command_payload(kind: str, args: dict[str, Any], case_id: str = CASE) -> bytes:
+    return command_message(Command(f"c-{kind}", case_id, kind, "ana", 5.0, "r", args))
+
+
+UNUSABLE = [
+    (orjson.dumps(ALERT | {"model": ""}), "model must be 1-128"),
+    (orjson.dumps(ALERT | {"model": "M" * 200}), "model must be 1-128"),
+    (orjson.dumps(ALERT | {"batch": "B|1"}), "batch must be 1-128 printable characters without '|'"),
+    (orjson.dumps(ALERT | {"failure_mode": "f" * 129}), "failure_mode must be 1-128 characters"),
+    (command_payload("evidence", {"note": "n", "complaints": 5}), "complaints: must be a list of strings"),
+    (command_payload("launch_campaign", {"scope": [{}]}), "scope: a signal identity is a list"),
+    (command_payload("open", {"identity": ["cell", "M" * 200, "B", "f"]}, ""), "model must be 1-128"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), UNUSABLE)
+def test_input_the_case_desk_cannot_take_is_rejected_with_the_reason_when_decoded(
+    payload: bytes, reason: str
+) -> None:
+    # Each decoded, then raised inside the desk on every retry, stalling the cases agent.
+    decoded = decode_case_input(payload)
+    assert isinstance(decoded, Rejection) and reason in decoded.reason and decoded.payload == payload
+
+
+def test_names_the_rest_of_the_system_takes_still_decode() -> None:
+    alert = ALERT | {"model": "M" * 128, "failure_mode": "*"}
+    assert not isinstance(decode_case_input(orjson.dumps(alert)), Rejection)
+    scope = {"scope": [["cell", "KT", "B2", "overheat"], ["lot", "L-1"]], "remedy": "refund"}
+    assert not isinstance(decode_case_input(command_payload("launch_campaign", scope)), Rejection)
+
+
+class StubDesk:
+    """A case desk whose answers a test sets: each call pops the next (raised if an exception)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def _next(self, *_args: Any) -> Any:
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    on_alert = run = _next
+
+
+def agent_deps(desk: Any) -> tuple[CaseAgentDeps, list[tuple[bytes, str, Any]]]:
+    """Deps as the worker builds them, retrying with the worker's own loop (short delays)."""
+    rejected: list[tuple[bytes, str, Any]] = []
+
+    async def reject(payload: bytes, reason: str, source: Any) -> None:
+        rejected.append((payload, reason, source))
+
+    async def retry(what: str, call: Callable[[], Any]) -> Any:
+        return await retry_until_done(what, call, 0.001, 0.002)
+
+    async def insert(_table: str, _rows: list[dict[str, Any]]) -> None:
+        raise AssertionError("the cases agent inserts nothing")
+
+    stats = SimpleNamespace(alerts=[], deliveries=[])
+    return CaseAgentDeps(desk, None, insert, retry, lambda: T0, stats, reject), rejected
+
+
+def apply(deps: CaseAgentDeps, payload: bytes) -> list[Any]:
+    return asyncio.run(asyncio.wait_for(apply_case_input(deps, payload, "rw.alerts/0@7"), timeout=10))
+
+
+def test_an_alert_the_desk_cannot_take_is_dead_lettered_not_retried_forever() -> None:
+    payload = orjson.dumps(ALERT)
+    desk = StubDesk(UnusableInput("the case desk cannot take this alert: KeyError('x')"))
+    deps, rejected = agent_deps(desk)
+    assert apply(deps, payload) == []
+    assert desk.calls == 1
+    assert rejected == [(payload, "the case desk cannot take this alert: KeyError('x')", "rw.alerts/0@7")]
+
+
+def test_a_store_outage_is_retried_until_the_desk_takes_the_alert() -> None:
+    desk = StubDesk(ClickHouseUnavailable("refused"), ClickHouseUnavailable("refused"), ["event"])
+    deps, rejected = agent_deps(desk)
+    assert apply(deps, orjson.dumps(ALERT)) == ["event"]
+    assert desk.calls == 3 and rejected == []
+
+
+def test_a_command_the_desk_answers_invalid_is_also_dead_lettered() -> None:
+    payload = command_payload("assess", {})
+    invalid = CommandResult("c-assess", CASE, "invalid", "the case desk cannot carry out this command", ())
+    deps, rejected = agent_deps(StubDesk((invalid, [])))
+    assert apply(deps, payload) == []
+    assert rejected == [(payload, "case command assess: the case desk cannot carry out this command",
+                         "rw.alerts/0@7")]  # fmt: skip
+    refused = CommandResult("c-close", CASE, "refused", "cannot close a case in state open", ())
+    deps, rejected = agent_deps(StubDesk((refused, [])))
+    assert apply(deps, command_payload("close", {})) == [] and rejected == []  # refused is an answer
+
+
+def test_unusable_input_on_the_real_desk_is_rejected_and_the_next_alert_gets_its_case(
+    store: ClickHouseStore,
+) -> None:
+    desk = CaseDesk(CaseStore(store), DEFAULT_MATRIX, clock=lambda: T0)
+    deps, rejected = agent_deps(desk)
+    assert [e.seq for e in apply(deps, orjson.dumps(ALERT))] == [1]
+    for payload, _reason in UNUSABLE:
+        assert apply(deps, payload) == []
+    assert [p for p, _r, _s in rejected] == [p for p, _r in UNUSABLE]
+    assert [e.seq for e in apply(deps, orjson.dumps(ALERT | {"alert_id": "a2"}))] == [2]
+    assert [e.seq for e in CaseStore(store).events(CASE)] == [1, 2]
