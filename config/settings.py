@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,9 +20,13 @@ from pydantic_settings import (
 )
 
 from core.access import AccessPolicy
-from core.config import DetectionConfig
+from core.cells import snapshot_bound_bytes
+from core.config import DEFAULT_MAX_EVENT_LEAD_S, DEFAULT_MAX_FAILURE_MODES, DetectionConfig
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+# Faust's producer sends a cell's snapshot as one record, at most 1,000,000 bytes by default
+# (producer_max_request_size); the rest is room for the key and the record batch around it.
+SNAPSHOT_BUDGET_BYTES = 900_000
 # Settings that are secrets: the environment only (RW_API__KEYS, RW_SLACK__TOKEN, ...), never a file
 # that could be committed, copied into an image or shown in a review.
 SECRET_SETTINGS = (("api", "keys"), ("slack", "token"), ("slack", "signing_secret"))
@@ -121,6 +125,8 @@ class DetectionSettings(BaseModel):
     windows_s: list[int] = Field(default_factory=lambda: [604_800, 2_592_000])
     cooldown_buckets: int = 14
     max_catchup_buckets: int = 400
+    max_event_lead_s: int = Field(DEFAULT_MAX_EVENT_LEAD_S, ge=0)
+    max_failure_modes: int = Field(DEFAULT_MAX_FAILURE_MODES, ge=1)
     detectors: list[DetectorSpec] = Field(default_factory=list)
 
     def to_core(self) -> DetectionConfig:
@@ -136,6 +142,8 @@ class DetectionSettings(BaseModel):
             windows_s=tuple(self.windows_s),
             cooldown_buckets=self.cooldown_buckets,
             max_catchup_buckets=self.max_catchup_buckets,
+            max_event_lead_s=self.max_event_lead_s,
+            max_failure_modes=self.max_failure_modes,
             version=version,
             **kwargs,
         )
@@ -175,6 +183,19 @@ class Settings(BaseSettings):
     peers: PeerSettings = PeerSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _cells_fit_one_record(self) -> Settings:
+        # A cell's changelog snapshot that does not fit one Kafka record is refused by the producer
+        # on every flush, and its partition is never acked again: refuse such settings at startup.
+        bound = snapshot_bound_bytes(self.detection.to_core(), self.kafka.partitions)
+        if bound > SNAPSHOT_BUDGET_BYTES:
+            raise ValueError(
+                f"detection settings allow a cell snapshot of up to {bound:,} bytes, more than the "
+                f"{SNAPSHOT_BUDGET_BYTES:,} that fit one changelog record: lower "
+                "detection.max_failure_modes, or the windows' length in buckets"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -12,6 +12,7 @@ replay of the same events produces the same rates and the same alerts.
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
@@ -71,6 +72,9 @@ class SubCell:
 class BucketOutcome:
     rates: list[RatePoint] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    # The incident's failure mode was new to a cell already watching ``max_failure_modes``: it is
+    # counted in the all-modes sub-cell only.
+    mode_over_cap: bool = False
 
     def extend(self, other: BucketOutcome) -> None:
         self.rates.extend(other.rates)
@@ -92,6 +96,9 @@ class CellState:
     subcells: dict[str, SubCell] = field(default_factory=dict)
     trigger_event_id: str = ""
     trigger_produced_at: float = 0.0
+    # Incidents whose failure mode found the cell's sub-cells full (see ``apply_incident``). A class
+    # default too, so a snapshot pickled before this field existed still restores.
+    modes_over_cap: int = 0
 
     # -- idempotence ---------------------------------------------------------------------------
     def already_applied(self, partition: int, offset: int) -> bool:
@@ -110,7 +117,16 @@ class CellState:
         self.trigger_event_id, self.trigger_produced_at = event_id, produced_at
         outcome = self._advance(cfg, occurred_at)
         self._subcell(cfg, ALL_MODES).open_count += 1
-        self._subcell(cfg, failure_mode).open_count += 1
+        if failure_mode in self.subcells or len(self.subcells) - 1 < cfg.max_failure_modes:  # - all-modes
+            self._subcell(cfg, failure_mode).open_count += 1
+        else:
+            # Every sub-cell grows the cell's changelog snapshot, which must fit one Kafka record:
+            # past the cap a new mode gets no sub-cell of its own. The event is valid and still
+            # counts in the all-modes sub-cell (and its row keeps its failure mode), so nothing is
+            # lost but per-mode detection of modes beyond the first ``max_failure_modes``. The
+            # cell's own state decides, and it is restored from the changelog: a replay decides alike.
+            self.modes_over_cap += 1
+            outcome.mode_over_cap = True
         return outcome
 
     def apply_shipment(
@@ -300,6 +316,39 @@ class CellState:
             sub.history.extend([0] * min(len(self.exposure_history), cfg.history_buckets))
             self.subcells[failure_mode] = sub
         return sub
+
+
+def snapshot_bound_bytes(cfg: DetectionConfig, partitions: int = 1024) -> int:
+    """An upper estimate of the pickled size of the largest cell ``cfg`` allows, for a check at
+    startup that every cell's changelog snapshot fits one Kafka record.
+
+    Largest means: ``max_failure_modes`` sub-cells plus the all-modes one, each named with 128
+    four-byte characters, full histories of large counts, warmed detectors, an open episode, and
+    replay offsets for ``partitions`` partitions. The size is measured for one and two mode
+    sub-cells and extrapolated, which is exact for identical sub-cells and cheap.
+    """
+    n_history = max(cfg.history_buckets, cfg.backfill_buckets)
+
+    def cell(n_modes: int) -> int:
+        state = CellState("\U0001f6e0" * 128, "\U0001f6e0" * 128)
+        state.applied_offsets = {p: 2**62 + p for p in range(partitions)}
+        state.open_bucket, state.units_in_field = 2**40, 2**40
+        state.exposure_history = deque(float(2**40 + i) + 0.5 for i in range(n_history))
+        state.trigger_event_id = "\U0001f6e0" * 200
+        names = [ALL_MODES] + [chr(0x10000 + m) * 128 for m in range(n_modes)]
+        for name in names:
+            sub = SubCell(name, [build_detector(n, p) for n, p in cfg.detectors], deque())
+            for i in range(n_history):
+                for d in sub.detectors:
+                    d.learn_one({"count": float(1000 + i), "exposure": 1e6 + i})
+            sub.history.extend(2**31 + i for i in range(cfg.history_buckets))
+            sub.open_count = 2**31
+            sub.episode = Episode("\U0001f6e0" * 64, 2.0**40 + 0.5, 2**31)
+            state.subcells[name] = sub
+        return len(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    one, two = cell(1), cell(2)
+    return one + (two - one) * (cfg.max_failure_modes - 1)
 
 
 def _tail_sum(values: deque[int], n: int) -> int:

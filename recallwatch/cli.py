@@ -213,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=s.seed,
         days=args.days,
         defect=None if args.no_defect else SimulationConfig.default_defect(s.defect_onset_day),
-    )
+    ).ending_by(time.time())
     producer = make_producer(bootstrap)
     run = SimulationRun()
     with contextlib.suppress(KeyboardInterrupt):

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,7 +123,7 @@ def start_simulation(stack: Stack, defect: str | None, days: int) -> threading.T
         seed=s.seed,
         days=days,
         defect=SimulationConfig.default_defect(s.defect_onset_day, defect) if defect else None,
-    )
+    ).ending_by(time.time())  # the clock is read here, at the edge
     stack.simulation = SimulationRun()
     producer = make_producer(bootstrap_of(stack.broker_url))
 

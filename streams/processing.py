@@ -9,6 +9,7 @@ replays into the same outputs, which every sink deduplicates by key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from core.alerts import Alert
 from core.cells import BucketOutcome, CellState, RatePoint
 from core.config import DetectionConfig
 from streams.records import Event, EventFields, Rejection, decode_fields
+
+log = logging.getLogger("recallwatch.processing")
 
 
 class SourceRecord(Protocol):
@@ -101,6 +104,9 @@ class BatchResult:
     touched: dict[str, int] = field(default_factory=dict)  # cell key -> partition
     applied: int = 0
     replayed: int = 0
+    # Incidents counted only in their cell's all-modes sub-cell: their failure mode was new to a
+    # cell that already watches detection.max_failure_modes modes (cell key -> how many).
+    over_mode_cap: dict[str, int] = field(default_factory=dict)
 
 
 def event_values(event: EventFields, record: SourceRecord, ingested_at: int) -> tuple[Any, ...]:
@@ -205,7 +211,8 @@ def process_batch(
     batch_cells: dict[str, CellState] = {}  # this batch's cells, so each is looked up in ``cells`` once
     applied = replayed = 0
     for record in records:
-        decoded = decode_fields(record.value)
+        # The record's own timestamp, not the wall clock: a replay judges each event alike.
+        decoded = decode_fields(record.value, record.timestamp, cfg.max_event_lead_s)
         if isinstance(decoded, Rejection):
             result.dead_letters.append((record, decoded.reason))
             result.reject_rows.append(reject_row(topic, record, decoded.reason, now))
@@ -239,7 +246,18 @@ def process_batch(
             rate_rows.extend(outcome.rates)  # a RatePoint is a named tuple: already a row
         if outcome.alerts:
             result.alerts.extend(outcome.alerts)
+        if outcome.mode_over_cap:
+            result.over_mode_cap[key] = result.over_mode_cap.get(key, 0) + 1
     result.applied, result.replayed = applied, replayed
+    if result.over_mode_cap:
+        # Not a rejection (the events are valid and counted), but per-mode detection misses them.
+        log.warning(
+            "%d incidents had a failure mode past the cap of %d per cell and count in the all-modes"
+            " cell only: %s",
+            sum(result.over_mode_cap.values()),
+            cfg.max_failure_modes,
+            ", ".join(f"{k} ({n})" for k, n in sorted(result.over_mode_cap.items())[:10]),
+        )
     return result
 
 

@@ -3,7 +3,8 @@
 Incidents (complaint, repair, return) and shipments travel as JSON on one topic keyed by
 ``model|batch``, so every event of a cell reaches the same partition and the same worker.
 Decoding never raises: a bad payload becomes a :class:`Rejection` with a reason, which the
-worker sends to the dead-letter topic and the rejects table.
+worker sends to the dead-letter topic and the rejects table. So does an event dated after the
+Kafka record that carried it was sent (see :func:`lead_problem`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.alerts import ALL_MODES
+from core.config import DEFAULT_MAX_EVENT_LEAD_S
 from registry.units import CONTROL_CHARS
 
 INCIDENT_KINDS = ("complaint", "repair", "return")
@@ -119,10 +121,46 @@ def _parse(payload: bytes | None) -> Any:
         return Rejection(f"not JSON: {exc}", payload)
 
 
-def decode_event(payload: bytes | None) -> Event | Rejection:
-    """Parse and validate one message value; never raises on bad data."""
+def decode_event(
+    payload: bytes | None, sent_at: float | None = None, max_lead_s: float = DEFAULT_MAX_EVENT_LEAD_S
+) -> Event | Rejection:
+    """Parse and validate one message value; never raises on bad data.
+
+    ``sent_at`` is the Kafka record's timestamp (epoch seconds): given, an event dated more than
+    ``max_lead_s`` after it is rejected (:func:`lead_problem`).
+    """
     data = _parse(payload)
-    return data if isinstance(data, Rejection) else _validate(data, payload or b"")
+    if isinstance(data, Rejection):
+        return data
+    event = _validate(data, payload or b"")
+    if isinstance(event, Rejection):
+        return event
+    problem = lead_problem(event.occurred_ts, sent_at, max_lead_s)
+    return event if problem is None else Rejection(problem, payload or b"")
+
+
+def lead_problem(occurred_ts: float, sent_at: float | None, max_lead_s: float) -> str | None:
+    """Why an event dated ``occurred_ts`` cannot have been sent at ``sent_at``, or None.
+
+    The cell's clock is its events' time and never runs back: one event from a clock set years
+    ahead would hold the cell's open bucket there, count every real event after it as late, and no
+    bucket of the cell would close or alert again. An event happens before it is reported, so one
+    dated well after its Kafka record's timestamp (the producer's clock when it sent it, kept by
+    the broker as CreateTime) has a wrong date. The record, not the worker's clock, is the measure:
+    a replay or a backtest of old events passes, and a replayed record gets the same verdict.
+    A record without a timestamp (Kafka's -1; ours are None or 0) is not checked.
+    """
+    if sent_at is None or sent_at <= 0 or occurred_ts - sent_at <= max_lead_s:
+        return None
+    return (
+        f"occurred_at: {_iso(occurred_ts)} is later than the message's timestamp {_iso(sent_at)} by more"
+        f" than {max_lead_s:g} s (detection.max_event_lead_s): an event cannot be sent before it"
+        " happens, so its date is wrong, and it would stop its cell's buckets from closing"
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _validate(data: Any, payload: bytes) -> Event | Rejection:
@@ -172,17 +210,21 @@ class EventFields(NamedTuple):
         )  # fmt: skip
 
 
-def decode_fields(payload: bytes | None) -> EventFields | Rejection:
+def decode_fields(
+    payload: bytes | None, sent_at: float | None = None, max_lead_s: float = DEFAULT_MAX_EVENT_LEAD_S
+) -> EventFields | Rejection:
     """:func:`decode_event`, giving the event's :class:`EventFields`: same verdicts, same reasons."""
     data = _parse(payload)
     if isinstance(data, Rejection):
         return data
-    if type(data) is dict:
-        fields = _canonical_fields(data)
-        if fields is not None:
-            return fields
-    checked = _validate(data, payload or b"")
-    return checked if isinstance(checked, Rejection) else EventFields.of(checked)
+    fields = _canonical_fields(data) if type(data) is dict else None
+    if fields is None:
+        checked = _validate(data, payload or b"")
+        if isinstance(checked, Rejection):
+            return checked
+        fields = EventFields.of(checked)
+    problem = lead_problem(fields.occurred_ts, sent_at, max_lead_s)
+    return fields if problem is None else Rejection(problem, payload or b"")
 
 
 _FIELD_NAMES = frozenset(Event.model_fields)

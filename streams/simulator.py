@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -91,6 +91,17 @@ class SimulationConfig:
     defect: Defect | None = None
     extra_defects: tuple[Defect, ...] = ()
     failure_modes: dict[str, tuple[str, float, float]] = field(default_factory=lambda: dict(FAILURE_MODES))
+
+    def ending_by(self, now: float) -> SimulationConfig:
+        """This run, moved earlier if needed so that its last day is over by ``now`` (epoch seconds).
+
+        The worker dead-letters an event dated after its record was sent (``max_event_lead_s``), so
+        a long run paced in real time must not outrun the clock. Runs that end in the past keep
+        their start, and with it the dates tests and the demo expect.
+        """
+        latest = datetime.fromtimestamp(now, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        latest -= timedelta(days=self.days + 1)
+        return self if self.start <= latest else replace(self, start=latest)
 
     @property
     def defects(self) -> tuple[Defect, ...]:

@@ -70,3 +70,20 @@ def test_the_cli_says_why_and_stops_without_a_traceback(config_file, tmp_path: P
     assert done.returncode == 1
     assert "bad configuration" in done.stderr and "slack.token" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_detection_settings_whose_cells_could_outgrow_one_changelog_record_are_refused(config_file) -> None:
+    # Hourly buckets over a 30-day window: 720 buckets of history per failure mode. With 200 modes a
+    # cell's snapshot could pass the producer's 1,000,000-byte limit, and its partition would never
+    # be acked again; the worker must say so at startup instead.
+    config_file("[detection]\nbucket_s = 3600\n")
+    with pytest.raises(ValueError, match="max_failure_modes"):
+        load_settings()
+    config_file("[detection]\nbucket_s = 3600\nmax_failure_modes = 100\n")
+    assert load_settings().detection.to_core().max_failure_modes == 100
+
+
+def test_the_shipped_detection_settings_cap_failure_modes_and_event_lead(config_file) -> None:
+    config_file("")
+    cfg = load_settings().detection.to_core()
+    assert (cfg.max_failure_modes, cfg.max_event_lead_s) == (200, 86_400)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
 from core.alerts import ALL_MODES
-from core.cells import CellState
+from core.cells import BucketOutcome, CellState, snapshot_bound_bytes
 from core.config import DetectionConfig
 from models import build_detector
 
@@ -139,3 +141,74 @@ def test_population_sets_units_in_field_and_repeating_it_changes_nothing():
     out = state.apply_population(CFG, 400, DAY + 1)
     # Exposure: 100 units for the first half day, 400 for the second.
     assert out.rates[0].exposure_unit_days == pytest.approx(100 * 0.5 + 400 * 0.5)
+
+
+# -- failure modes per cell: each sub-cell grows the cell's changelog snapshot, which must fit one Kafka
+# record (audit: "a cell with many distinct failure modes can never be saved").
+CAPPED = DetectionConfig(bucket_s=DAY, windows_s=(7 * DAY,), cooldown_buckets=3, max_failure_modes=3)
+
+
+def _counts(out: BucketOutcome) -> dict[str, int]:
+    return {r.failure_mode: r.count for r in out.rates}
+
+
+def _incidents(cell: CellState, modes: list[str], first: int = 0) -> list[bool]:
+    """Applies one incident per mode, a minute apart; says which went past the cap."""
+    return [
+        cell.apply_incident(CAPPED, m, 60.0 * (i + 1), f"e{i}", 0.0).mode_over_cap
+        for i, m in enumerate(modes, start=first)
+    ]
+
+
+def test_past_the_cap_a_new_failure_mode_counts_in_the_all_modes_cell_only():
+    cell = CellState("M", "B")
+    cell.apply_shipment(CAPPED, 1000, 0)
+    over = _incidents(cell, ["a", "b", "c", "d", "a", "e", "c"])
+    assert over == [False, False, False, True, False, True, False]
+    counts = _counts(cell.apply_shipment(CAPPED, 0, DAY + 1))  # closes the bucket
+    assert counts == {"a": 2, "b": 1, "c": 2, ALL_MODES: 7}  # every valid event counts in the total
+    assert sorted(cell.subcells) == sorted([ALL_MODES, "a", "b", "c"]) and cell.modes_over_cap == 2
+
+
+def test_the_cap_decides_the_same_on_replay_from_a_restored_snapshot():
+    modes = [f"m{i % 7}" for i in range(20)]
+    straight = CellState("M", "B")
+    straight.apply_shipment(CAPPED, 1000, 0)
+    expected = _incidents(straight, modes), _counts(straight.apply_shipment(CAPPED, 0, DAY + 1))
+    # The same events, applied to a cell restored mid-way (as from its changelog), decide alike.
+    restored = CellState("M", "B")
+    restored.apply_shipment(CAPPED, 1000, 0)
+    over = _incidents(restored, modes[:5])
+    restored = pickle.loads(pickle.dumps(restored, protocol=pickle.HIGHEST_PROTOCOL))
+    over += _incidents(restored, modes[5:], first=5)
+    assert (over, _counts(restored.apply_shipment(CAPPED, 0, DAY + 1))) == expected
+
+
+def test_a_cell_with_thousands_of_failure_modes_still_fits_one_kafka_record():
+    cfg = DetectionConfig()  # the default cap
+    cell = CellState("KT", "B1")
+    cell.apply_shipment(cfg, 1000, 0)
+    for i in range(1, 2101):
+        cell.apply_incident(cfg, f"mode-{i:05d}-" + "x" * 110, (i // 700) * DAY + i, f"e{i}", 0.0)
+    snapshot = pickle.dumps(cell, protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(snapshot) < 1_000_000 and len(cell.subcells) == cfg.max_failure_modes + 1
+    everything = cell.subcells[ALL_MODES]
+    assert sum(everything.history) + everything.open_count == 2100 and cell.modes_over_cap == 2100 - 200
+    assert snapshot_bound_bytes(cfg) >= len(snapshot)
+
+
+def test_the_snapshot_bound_covers_a_cell_full_to_the_cap():
+    cfg = DetectionConfig(bucket_s=DAY, windows_s=(30 * DAY,), max_failure_modes=20)
+    cell = CellState("K" * 128, "B" * 128)
+    for day in range(90):
+        cell.apply_shipment(cfg, 10, day * DAY)
+        for m in range(20):
+            cell.apply_incident(cfg, chr(0x1F600 + m) * 128, day * DAY + m + 1, f"{day}-{m}" * 20, 0.0)
+    assert len(pickle.dumps(cell, protocol=pickle.HIGHEST_PROTOCOL)) <= snapshot_bound_bytes(cfg)
+
+
+def test_the_cap_and_the_lead_must_be_sane():
+    with pytest.raises(ValueError, match="max_failure_modes"):
+        DetectionConfig(max_failure_modes=0)
+    with pytest.raises(ValueError, match="max_event_lead_s"):
+        DetectionConfig(max_event_lead_s=-1)

@@ -587,3 +587,58 @@ def test_case_decoders_on_every_field_with_every_nasty_value():
     for payload in every_field_with_every_nasty_value({"event": event, "case": {"case_id": "case-1"}}, []):
         decoded_event = decode_case_event(payload)
         assert not isinstance(decoded_event, Rejection) or decoded_event.reason.strip()
+
+
+# --- an event dated after it was sent ----------------------------------------------------------------
+
+
+@FAST
+@given(ANY_EVENT_PAYLOAD, st.floats(min_value=-1.0, max_value=MAX_TIME.timestamp() + 86_400 * 400))
+def test_the_lead_check_gives_both_decoders_one_verdict_and_reason(payload, sent_at):
+    fields, event = decode_fields(payload, sent_at, 86_400), decode_event(payload, sent_at, 86_400)
+    if isinstance(fields, Rejection):
+        assert isinstance(event, Rejection) and event.reason == fields.reason and fields.reason.strip()
+    else:
+        assert isinstance(event, Event) and EventFields.of(event) == fields
+        assert sent_at <= 0 or fields.occurred_ts - sent_at <= 86_400
+
+
+def _cell_with_a_defect(bad_event: bool) -> list[RawRecord]:
+    """A quiet cell, then a burst of complaints; each record stamped as a live producer stamps it
+    (sent a minute after the event happened). ``bad_event``: one complaint from a clock set to 2099,
+    sent between the two."""
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    events: list[tuple[dict[str, Any], float]] = []
+
+    def add(at: datetime, **fields: Any) -> None:
+        body = {"model": "KT", "batch": "B1", "occurred_at": at.isoformat(), **fields}
+        events.append((body, at.timestamp() + 60))
+
+    add(t0, event_id="s", kind="shipment", units=20_000)
+    for day in range(0, 120, 4):
+        add(t0 + timedelta(days=day, hours=1), event_id=f"c{day}", kind="complaint", failure_mode="heating")
+    if bad_event:  # sent when the last quiet-time complaint was
+        sent = events[-1][1]
+        add(datetime(2099, 6, 1, tzinfo=UTC), event_id="bad-clock", kind="complaint", failure_mode="heating")
+        events[-1] = (events[-1][0], sent)
+    for day in range(120, 150):
+        for k in range(30):
+            at = t0 + timedelta(days=day, minutes=k)
+            add(at, event_id=f"d{day}-{k}", kind="complaint", failure_mode="heating")
+    return [RawRecord(0, i, sent, orjson.dumps(body), b"KT|B1") for i, (body, sent) in enumerate(events)]
+
+
+def test_an_event_dated_far_ahead_is_dead_lettered_and_the_cell_still_alerts():
+    cfg = DetectionConfig(max_event_lead_s=86_400)
+    clean = process_batch(_cell_with_a_defect(False), {}, cfg, "rw.events", now=1_800_000_000.0)
+    records = _cell_with_a_defect(True)
+    result = process_batch(records, {}, cfg, "rw.events", now=1_800_000_000.0)
+    assert [(r.value, reason.split(":")[0]) for r, reason in result.dead_letters] == [
+        (next(r.value for r in records if b"bad-clock" in (r.value or b"")), "occurred_at")
+    ]
+    assert [row["offset"] for row in result.reject_rows] == [result.dead_letters[0][0].offset]
+    assert result.alerts and [a.alert_id for a in result.alerts] == [a.alert_id for a in clean.alerts]
+    assert result.rate_rows == clean.rate_rows
+    # A replay (later, by another worker's clock) rejects the same record for the same reason.
+    again = process_batch(records, {}, cfg, "rw.events", now=1_900_000_000.0)
+    assert again.dead_letters == result.dead_letters

@@ -142,3 +142,47 @@ def test_canonical_events_skip_the_model(monkeypatch):
     payloads = [encode_event(e) for e in events]
     monkeypatch.setattr(records, "_validate", lambda data, payload: pytest.fail("took the model's path"))
     assert [decode_fields(p) for p in payloads] == [EventFields.of(e) for e in events]
+
+
+# An event cannot be sent before it happens: one dated well after its Kafka record's timestamp has a
+# wrong clock, and would hold its cell's open bucket in the future (audit: "one event dated far
+# ahead stops a cell from ever alerting again").
+SENT = 1_740_823_200.0  # 2025-03-01T10:00:00Z, GOOD's occurred_at
+
+
+@pytest.mark.parametrize("decode", [decode_event, decode_fields])
+def test_an_event_dated_after_its_record_was_sent_is_rejected_with_the_reason(decode):
+    payload = orjson.dumps({**GOOD, "occurred_at": "2099-06-01T00:00:00Z"})
+    got = decode(payload, SENT, 86_400)
+    assert isinstance(got, Rejection) and got.payload == payload
+    assert "2099-06-01T00:00:00Z" in got.reason and "2025-03-01T10:00:00Z" in got.reason
+    assert "detection.max_event_lead_s" in got.reason
+    # The verdict depends on the record alone, so a replay of the same record gets the same one.
+    assert decode(payload, SENT, 86_400) == got
+
+
+@pytest.mark.parametrize("decode", [decode_event, decode_fields])
+@pytest.mark.parametrize(
+    ("sent_at", "accepted"),
+    [
+        (SENT, True),  # sent as it happened
+        (SENT - 86_400, True),  # at most max_lead_s ahead: clock skew, a misapplied time zone
+        (SENT - 86_401, False),
+        (SENT + 10 * 365 * 86_400, True),  # a replay or backtest of old events
+        (None, True),  # no record, or a record without a timestamp (Kafka's -1): nothing to compare
+        (0.0, True),
+        (-0.001, True),
+    ],
+)
+def test_the_lead_over_the_records_timestamp_decides(decode, sent_at, accepted):
+    got = decode(orjson.dumps(GOOD), sent_at, 86_400)
+    assert isinstance(got, Rejection) != accepted, got
+
+
+def test_decode_fields_and_decode_event_give_the_same_lead_verdict_and_reason():
+    for payload in _payloads()[:400]:
+        for sent_at in (SENT - 40 * 86_400, SENT, SENT + 86_400):
+            fields, event = decode_fields(payload, sent_at, 3_600), decode_event(payload, sent_at, 3_600)
+            assert isinstance(fields, Rejection) == isinstance(event, Rejection)
+            if isinstance(fields, Rejection):
+                assert isinstance(event, Rejection) and fields.reason == event.reason

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from streams.simulator import Defect, SimulationConfig, Simulator, supplier_lot
@@ -70,3 +72,15 @@ def test_a_defect_raises_only_its_failure_mode_in_its_cells_after_onset():
 def test_unknown_defect_kind_is_refused():
     with pytest.raises(ValueError, match="batch"):
         SimulationConfig.default_defect(10, "planet")
+
+
+def test_a_run_that_would_outrun_the_clock_starts_early_enough_to_end_by_now():
+    # The worker dead-letters events dated after their record was sent; a paced 3,650-day run
+    # from 2025 would have been rejected from its 700th day on.
+    now = datetime(2026, 11, 25, 13, 0, tzinfo=UTC).timestamp()
+    long = SimulationConfig(days=800).ending_by(now)
+    assert long.start == datetime(2024, 9, 15, tzinfo=UTC)
+    assert long.days == 800
+    assert (long.start + timedelta(days=long.days)).timestamp() < now  # every event is before its day's end
+    short = SimulationConfig(days=120)
+    assert short.ending_by(now) is short  # a run over in the past keeps the dates tests expect
