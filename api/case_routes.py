@@ -62,9 +62,12 @@ def _one_of(values: Sequence[str], what: str) -> Callable[[str], str]:
 
 def _identity(items: list[str]) -> list[str]:
     try:
-        return SignalIdentity.from_list(items).to_list()
+        identity = SignalIdentity.from_list(items)
     except (ValueError, IndexError):
         raise ValueError("identity must be ['cell', model, batch, failure_mode] or ['lot', lot_id]") from None
+    # The worker refuses names outside the system's rules (a '|' or a control character in a model,
+    # say): accepted here, such a command would be queued, dead-lettered there, and never answered.
+    return identity.checked().to_list()
 
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]

@@ -219,6 +219,13 @@ def test_invalid_transitions_unknown_and_malformed_cases(api: Api) -> None:
             {"title": "lab", "owner": "bo", "role": "engineering", "due": 4_102_444_801},
             "due: Value error, must be epoch seconds from 0 (1970-01-01) to 4102444800 (2100-01-01 UTC)",
         ),
+        # Names the worker refuses: queued, such a command would be dead-lettered and never answered.
+        (
+            "launch_campaign",
+            {"scope": [["cell", "KT|1", "B05", "heating_element"]]},
+            "model must be 1-128 printable characters without '|'",
+        ),
+        ("launch_campaign", {"scope": [["lot", "L\x01"]]}, "lot must be 1-128 printable characters"),
     ],
 )
 def test_bad_args_are_422_before_reaching_the_core(
