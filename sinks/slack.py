@@ -89,6 +89,12 @@ def _classify(exc: SlackApiError) -> tuple[str, _Retry | None]:
         return error, _Retry(error, wait_s, ambiguous=error in _AMBIGUOUS_SLACK_ERRORS)
     if status >= 500 or status == 408:
         return error, _Retry(error, wait_s, ambiguous=status >= 500)
+    if 200 <= status < 300 and not (isinstance(data, dict) and "ok" in data):
+        # A success status without Slack's JSON (which always says "ok"; slack-sdk hands over {}
+        # for a body it cannot parse): something in the way, a proxy or a gateway, answered, or
+        # the answer was cut. Nothing says the call failed for good, and it may have been done:
+        # retried as a transient error, looked up first where the caller can.
+        return error, _Retry(f"{error} (not JSON)", wait_s, ambiguous=True)
     return error, None
 
 

@@ -52,6 +52,8 @@ class Call:
         return bool(self.response.get("ok"))
 
 
+# A recorded response holding this key was answered as a raw page (see ``garble_next``).
+_PAGE = "__page__"
 # Which calls a scripted failure applies to: (method, body) -> bool. None means any call.
 When = Callable[[str, dict[str, Any]], bool] | None
 
@@ -63,6 +65,7 @@ class _Failure:
     headers: dict[str, str]
     when: When = None
     after_storing: bool = False  # a post is stored (Slack did it) before the failure is answered
+    page: str | None = None  # answered as this text/html page instead of JSON (a proxy's, say)
 
     def applies(self, method: str, body: dict[str, Any]) -> bool:
         return self.when is None or self.when(method, body)
@@ -149,6 +152,11 @@ class SlackFake:
         """Answer the next ``n`` calls with HTTP 200 and ``{"ok": false, "error": error}``."""
         self._script(n, _Failure(200, {"ok": False, "error": error}, {}, when, after_storing))
 
+    def garble_next(self, n: int, status: int = 200, when: When = None) -> None:
+        """Answer the next ``n`` calls with an HTML page, not JSON: what a proxy in the way sends."""
+        page = "<html><body>Gateway says hello</body></html>"
+        self._script(n, _Failure(status, {}, {}, when, page=page))
+
     def _script(self, n: int, failure: _Failure) -> None:
         with self._cond:
             self._failures.extend([failure] * n)
@@ -202,6 +210,8 @@ class SlackFake:
             self._failures.remove(failure)  # the first matching one: scripted failures keep their order
             if failure.after_storing:
                 self._serve(method, body, auth)
+            if failure.page is not None:
+                return failure.status, {_PAGE: failure.page}, dict(failure.headers)
             return failure.status, dict(failure.body), dict(failure.headers)
         return self._serve(method, body, auth)
 
@@ -325,9 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, response, headers)
 
     def _send(self, status: int, response: dict[str, Any], headers: dict[str, str]) -> None:
-        payload = json.dumps(response).encode()
+        page = response.get(_PAGE)
+        payload = page.encode() if isinstance(page, str) else json.dumps(response).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", "text/html" if page else "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(payload)))
         for name, value in headers.items():
             self.send_header(name, value)

@@ -109,6 +109,18 @@ def test_ratelimited_error_body_is_retried() -> None:
     assert sleep.delays == [0.5, 1.0]
 
 
+def test_a_success_status_without_slacks_json_is_retried_not_given_up() -> None:
+    # An HTML page with a 200 (a proxy in the way) was taken for a permanent error: the message was
+    # recorded as failed and never sent again.
+    sleep = RecordingSleep()
+    with SlackFake(token=TOKEN) as fake:
+        fake.garble_next(2)
+        resp = post(fake, sleep)
+        assert [c.ok for c in fake.calls] == [False, False, True]
+        assert len(fake.delivered) == 1 and resp["ts"] == fake.delivered[0].response["ts"]
+    assert sleep.delays == [0.5, 1.0]
+
+
 def test_backoff_is_capped() -> None:
     sleep = RecordingSleep()
     with SlackFake(token=TOKEN) as fake:
