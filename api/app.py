@@ -19,7 +19,7 @@ from api.registry_routes import registry_router
 from api.slack_routes import slack_router
 from cases.risk import DEFAULT_MATRIX, RiskMatrix
 from core.access import AccessPolicy
-from recallwatch.case_bus import CommandBus, DirectCommandBus
+from recallwatch.case_bus import CommandBus, CommandNotSent, DirectCommandBus
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, ConcernIndex
 from sinks.clickhouse import ClickHouseError, ClickHouseStore, ClickHouseUnavailable
@@ -65,6 +65,13 @@ def create_api(
     async def _store_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
         # An outage of the store is not the caller's fault; say so plainly and ask to retry.
         return JSONResponse(status_code=503, content={"detail": f"ClickHouse unavailable: {exc}"})
+
+    @api.exception_handler(CommandNotSent)
+    async def _not_sent(request: Request, exc: CommandNotSent) -> JSONResponse:
+        # The broker did not confirm the command: it may be queued or not. Resending it under the
+        # same id is safe, so say so; a new id could have it carried out twice.
+        detail = f"{exc}: it may not be queued; send it again with the same Idempotency-Key"
+        return JSONResponse(status_code=503, content={"detail": detail})
 
     @api.exception_handler(ClickHouseError)
     async def _store_refused(request: Request, exc: ClickHouseError) -> JSONResponse:

@@ -28,6 +28,7 @@ from core.alerts import ALL_MODES
 from recallwatch.case_bus import CommandBus
 from registry.scope import Scope
 from sinks.case_store import CaseStore, CommandResult, event_from_row
+from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable
 from sinks.registry_store import RegistryStore
 
 CASE_ID = re.compile(r"^case-[0-9a-f]{20}$")
@@ -431,7 +432,12 @@ def case_router(
         result = None
         if key is not None:
             # A retried request answers as the first time did (refused included), without resending.
-            result = cases.result(command_id)
+            try:
+                result = cases.result(command_id)
+            except (ClickHouseUnavailable, ClickHouseError):
+                # Unknown while the store is down or refusing: the bus goes on and queues it (the
+                # worker carries out an id once), rather than refuse a command Kafka can take.
+                result = None
             if result is not None and result.case_id != case_id:
                 raise HTTPException(
                     status_code=422,

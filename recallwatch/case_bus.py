@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
+from kafka.errors import KafkaError
 
 from cases.commands import Command
 from recallwatch.case_desk import CaseDesk
 from sinks.case_store import CaseStore, CommandResult
-from sinks.clickhouse import ClickHouseUnavailable
+from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable
 
 COMMAND_TYPE = "case_command"
 
@@ -26,6 +27,18 @@ COMMAND_TYPE = "case_command"
 def command_message(cmd: Command) -> bytes:
     """The alerts-topic message of a command (alerts themselves carry no ``type``)."""
     return orjson.dumps({"type": COMMAND_TYPE, "command": cmd.to_dict()})
+
+
+class CommandNotSent(Exception):
+    """The broker did not confirm a command in time: it may or may not be queued.
+
+    Sending it again under the same id is safe (the case's writer carries out an id once), so the
+    caller is told to retry with the same Idempotency-Key.
+    """
+
+    def __init__(self, command_id: str, cause: Exception) -> None:
+        super().__init__(f"command {command_id} was not confirmed by Kafka ({type(cause).__name__}: {cause})")
+        self.command_id = command_id
 
 
 class CommandBus(Protocol):
@@ -49,11 +62,13 @@ class KafkaCommandBus:
         cases: CaseStore,
         wait_s: float = 5.0,
         poll_s: float = 0.05,
+        send_timeout_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.producer, self.topic, self.cases = producer, topic, cases
         self.wait_s, self.poll_s, self._sleep, self._clock = wait_s, poll_s, sleep, clock
+        self.send_timeout_s = send_timeout_s
 
     def submit(self, cmd: Command) -> CommandResult | None:
         """Send the command and wait a little for its result; None means queued, not yet known.
@@ -65,17 +80,21 @@ class KafkaCommandBus:
         """
         try:
             done = self.cases.result(cmd.command_id)
-        except ClickHouseUnavailable:
+        except (ClickHouseUnavailable, ClickHouseError):
             done = None  # unknown: send anyway
         if done is not None:  # a retried request: answer as the first time, send nothing
             return done
-        self.producer.send(self.topic, key=cmd.case_id.encode(), value=command_message(cmd)).get(timeout=10)
+        try:
+            sent = self.producer.send(self.topic, key=cmd.case_id.encode(), value=command_message(cmd))
+            sent.get(timeout=self.send_timeout_s)
+        except KafkaError as exc:
+            raise CommandNotSent(cmd.command_id, exc) from exc
         deadline = self._clock() + self.wait_s
         while self._clock() < deadline:
             self._sleep(self.poll_s)
             try:
                 result = self.cases.result(cmd.command_id)
-            except ClickHouseUnavailable:
+            except (ClickHouseUnavailable, ClickHouseError):  # refused or down: either way, unknown
                 return None  # queued; the caller polls for the outcome once ClickHouse is back
             if result is not None:
                 return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from api.app import create_api
 from cases.commands import Command
@@ -20,7 +20,7 @@ from cases.identity import SignalIdentity, case_id_for
 from core.access import AccessPolicy
 from recallwatch.case_bus import KafkaCommandBus, command_message
 from sinks.case_store import CaseStore
-from sinks.clickhouse import ClickHouseStore, ClickHouseUnavailable, open_store
+from sinks.clickhouse import ClickHouseError, ClickHouseStore, ClickHouseUnavailable, open_store
 from streams.broker import EmbeddedBroker, free_port, running_broker
 from streams.producer import make_producer
 
@@ -94,3 +94,67 @@ def test_the_api_answers_202_queued_not_503_for_a_command_sent_during_an_outage(
         producer.close()
         up.close()
     assert sum(b'"k-outage-1"' in value for value in sent_values(broker)) >= 1
+
+
+def test_a_command_whose_result_clickhouse_refuses_to_read_is_queued(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    # Not an outage but a refusal (here: no such table, as on a store not migrated yet): after
+    # sending, any failure to read the result still means "queued", never a 5xx that invites a resend.
+    refusing = open_store(None, tmp_path / "unmigrated")
+    with pytest.raises(ClickHouseError):
+        CaseStore(refusing).result("c-1")
+    producer = make_producer(broker.bootstrap)
+    bus = KafkaCommandBus(producer, TOPIC, CaseStore(refusing), wait_s=0.5, poll_s=0.05)
+    cmd = Command("c-refused-1", CASE, "evidence", "ana", time.time(), "lab note", {"note": "soot"})
+    try:
+        assert bus.submit(cmd) is None
+    finally:
+        producer.close()
+        refusing.close()
+    assert command_message(cmd) in sent_values(broker)
+
+
+def test_with_an_idempotency_key_a_command_is_queued_while_the_apis_store_is_down(
+    broker: EmbeddedBroker, down_store: ClickHouseStore
+) -> None:
+    # The key's "already done?" read fails first; the command must still reach Kafka.
+    producer = make_producer(broker.bootstrap)
+    bus = KafkaCommandBus(producer, TOPIC, CaseStore(down_store), wait_s=0.5, poll_s=0.05)
+    policy = AccessPolicy(keys={"key-qm": "quality_manager"}, anonymous_role=None)
+    try:
+        with TestClient(create_api(down_store, "http://rw.test", policy, case_bus=bus)) as c:
+            r = c.post(
+                f"/v1/cases/{CASE}/commands/evidence",
+                json={"reason": "lab note", "actor": "ana", "args": {"note": "soot"}},
+                headers={"X-API-Key": "key-qm", "Idempotency-Key": "k-outage-2"},
+            )
+            assert r.status_code == 202, r.text
+    finally:
+        producer.close()
+    assert any(b'"k-outage-2"' in value for value in sent_values(broker))
+
+
+def test_a_command_kafka_does_not_take_is_a_503_asking_to_resend_with_the_same_key(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    # Any send the producer cannot get confirmed (here one over its request size, refused at
+    # once; a broker gone away ends the same way after the send timeout) may or may not have
+    # queued the command: a 503 that says to resend under the same key, not a 500.
+    store = open_store(None, tmp_path / "chdb")
+    store.migrate()
+    policy = AccessPolicy(keys={"key-qm": "quality_manager"}, anonymous_role=None)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=64)
+    bus = KafkaCommandBus(producer, TOPIC, CaseStore(store), wait_s=0.2)
+    try:
+        with TestClient(create_api(store, "http://rw.test", policy, case_bus=bus)) as c:
+            r = c.post(
+                f"/v1/cases/{CASE}/commands/evidence",
+                json={"reason": "lab note", "actor": "ana", "args": {"note": "soot"}},
+                headers={"X-API-Key": "key-qm", "Idempotency-Key": "k-unsent"},
+            )
+    finally:
+        producer.close()
+        store.close()
+    assert r.status_code == 503, r.text
+    assert "same Idempotency-Key" in r.json()["detail"]
