@@ -283,20 +283,13 @@ def publish_populations(settings: Settings, population: list[dict[str, Any]]) ->
     """
     from streams.broker import bootstrap_of
     from streams.producer import make_producer, send_event
-    from streams.records import Event
+    from streams.records import population_event
 
     producer = make_producer(bootstrap_of(settings.kafka.url))
+    now = time.time()  # read at the edge: no count is dated after it
     try:
         for row in population:
-            at = datetime.fromtimestamp(int(row["at"]), UTC)
-            event = Event(
-                event_id=f"population:{row['model']}|{row['batch']}:{int(row['at'])}:{row['units']}",
-                kind="population",
-                occurred_at=at,
-                model=row["model"],
-                batch=row["batch"],
-                units=int(row["units"]),
-            )
+            event = population_event(row["model"], row["batch"], int(row["at"]), int(row["units"]), now)
             send_event(producer, settings.kafka.events_topic, event)
         producer.flush()
     finally:

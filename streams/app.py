@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +50,7 @@ from streams.processing import (
     reject_row,
     rows_table,
 )
-from streams.records import cell_key
+from streams.records import encode_event, population_event
 from streams.registry_events import registry_batch
 
 log = logging.getLogger("recallwatch.worker")
@@ -313,15 +312,8 @@ def create_app(
             )
             if count == 0:  # the shipment was taken back: nothing shipped, nothing to count from
                 continue
-            event = {
-                "event_id": f"population:{model}|{batch}:{at}:{count}",
-                "kind": "population",
-                "occurred_at": datetime.fromtimestamp(at, UTC).isoformat(),
-                "model": model,
-                "batch": batch,
-                "units": count,
-            }
-            key, value = cell_key(model, batch).encode(), orjson.dumps(event)
+            event = population_event(model, batch, at, count, clock())
+            key, value = event.cell_key.encode(), encode_event(event)
             sent.append(await Sent.of(partial(events_topic.send, key=key, value=value)))
         return sent
 

@@ -311,3 +311,23 @@ def _canonical_fields(d: dict[str, Any]) -> EventFields | None:
 
 def encode_event(event: Event) -> bytes:
     return orjson.dumps(event.model_dump(mode="json", exclude_defaults=False))
+
+
+def population_event(model: str, batch: str, latest_shipped_at: int, units: int, now: float) -> Event:
+    """A (model, batch)'s units in the field, from the registry, as its rate denominator.
+
+    Dated at the cell's latest shipment, but never after ``now``: a shipment recorded ahead (a
+    planned one, or a typo of 2099) would date the count ahead of its record, and the worker
+    dead-letters such events, so every later count of the cell would be refused and its
+    denominator frozen. The units shipped ahead count from now on, a slight overcount for a few
+    days at most, against a cell that would otherwise stop following its fleet.
+    """
+    at = min(int(latest_shipped_at), int(now))
+    return Event(
+        event_id=f"population:{model}|{batch}:{at}:{units}",
+        kind="population",
+        occurred_at=datetime.fromtimestamp(at, UTC),
+        model=model,
+        batch=batch,
+        units=units,
+    )

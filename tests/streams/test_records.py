@@ -1,11 +1,21 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 
-from streams.records import Event, EventFields, Rejection, cell_key, decode_event, decode_fields, encode_event
+from streams.records import (
+    Event,
+    EventFields,
+    Rejection,
+    cell_key,
+    decode_event,
+    decode_fields,
+    encode_event,
+    population_event,
+)
 
 GOOD = {
     "event_id": "e1",
@@ -186,3 +196,16 @@ def test_decode_fields_and_decode_event_give_the_same_lead_verdict_and_reason():
             assert isinstance(fields, Rejection) == isinstance(event, Rejection)
             if isinstance(fields, Rejection):
                 assert isinstance(event, Rejection) and fields.reason == event.reason
+
+
+def test_a_population_counted_after_a_shipment_recorded_ahead_is_dated_now_and_accepted() -> None:
+    # Dated at its cell's latest shipment, a count after one unit recorded as shipped in 2099 was
+    # dead-lettered by the lead rule, and so was every later count of the cell: a frozen denominator.
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC).timestamp()
+    ahead = population_event("KT-100", "B05", int(datetime(2099, 1, 1, tzinfo=UTC).timestamp()), 20_001, now)
+    assert ahead.occurred_at.timestamp() == now and ahead.units == 20_001
+    decoded = decode_event(encode_event(ahead), sent_at=now, max_lead_s=86_400)
+    assert not isinstance(decoded, Rejection), decoded
+    past = population_event("KT-100", "B05", int(now) - 86_400, 20_000, now)
+    assert past.occurred_at.timestamp() == now - 86_400  # a count of the past keeps its own date
+    assert past.event_id != ahead.event_id
