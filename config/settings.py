@@ -188,7 +188,11 @@ class Settings(BaseSettings):
     def _cells_fit_one_record(self) -> Settings:
         # A cell's changelog snapshot that does not fit one Kafka record is refused by the producer
         # on every flush, and its partition is never acked again: refuse such settings at startup.
-        bound = snapshot_bound_bytes(self.detection.to_core(), self.kafka.partitions)
+        # Measuring builds every configured detector, so a bad one is reported here, as a setting.
+        try:
+            bound = snapshot_bound_bytes(self.detection.to_core(), self.kafka.partitions)
+        except TypeError as exc:  # a parameter the detector does not take, or of the wrong type
+            raise ValueError(f"detection.detectors: {exc}") from None
         if bound > SNAPSHOT_BUDGET_BYTES:
             raise ValueError(
                 f"detection settings allow a cell snapshot of up to {bound:,} bytes, more than the "

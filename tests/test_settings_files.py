@@ -87,3 +87,11 @@ def test_the_shipped_detection_settings_cap_failure_modes_and_event_lead(config_
     config_file("")
     cfg = load_settings().detection.to_core()
     assert (cfg.max_failure_modes, cfg.max_event_lead_s) == (200, 86_400)
+
+
+def test_a_detector_parameter_the_detector_does_not_take_is_a_settings_error(config_file) -> None:
+    # Settings build every detector to bound a cell's size: a bad parameter must read as a
+    # setting's error, not a TypeError from deep inside a detector's constructor.
+    config_file('[[detection.detectors]]\nname = "poisson_cusum"\nparams = { bogus = 1 }\n')
+    with pytest.raises(ValueError, match=r"detection\.detectors: .*bogus"):
+        load_settings()
