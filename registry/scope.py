@@ -7,6 +7,7 @@ typo in a field name must not silently widen a recall, so unknown fields are ref
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
@@ -92,14 +93,20 @@ class Scope(BaseModel):
                 "bytes of every name in every list, plus 4 per name; a quote or backslash counts twice)"
             )
         for low, high in RANGE_FIELDS:
-            lo, hi = self.bounds(low, high)
+            # Compared as given: two instants within one second are a range, however narrow.
+            lo, hi = _instant(getattr(self, low), end=False), _instant(getattr(self, high), end=True)
             if lo is not None and hi is not None and lo >= hi:
                 raise ValueError(f"{low} is after {high}")
         return self
 
     def bounds(self, low: str, high: str) -> tuple[int | None, int | None]:
-        """Half-open [from, to) epoch-second bounds of a range criterion (None = open end)."""
-        return _epoch(getattr(self, low), end=False), _epoch(getattr(self, high), end=True)
+        """Half-open [from, to) epoch-second bounds of a range criterion (None = open end).
+
+        Stored times are whole seconds, so an instant with a fraction rounds up at both ends:
+        ``to`` 10:00:00.5 keeps a unit made at 10:00:00, and ``from`` 10:00:00.5 leaves it out.
+        """
+        lo, hi = _instant(getattr(self, low), end=False), _instant(getattr(self, high), end=True)
+        return (None if lo is None else math.ceil(lo)), (None if hi is None else math.ceil(hi))
 
     def list_bytes(self) -> int:
         """The bytes the lists take in a query: each name quoted, escaped and comma-separated."""
@@ -114,14 +121,15 @@ class Scope(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _epoch(value: datetime | date | None, *, end: bool) -> int | None:
+def _instant(value: datetime | date | None, *, end: bool) -> float | None:
+    """The epoch time a bound names: a zoned instant as given, a date its day's start (or end)."""
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("datetimes in a scope need a timezone (or give a plain date)")
         try:
-            epoch = int(value.timestamp())
+            epoch = value.timestamp()
         except (OverflowError, ValueError):  # year 1 at a positive offset is before year 1 in UTC
             raise ValueError(DATE_RANGE_MESSAGE) from None
         if not MIN_BOUND <= epoch <= MAX_BOUND:

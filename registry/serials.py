@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_DIGITS = 18
-_TAIL = re.compile(r"^(.*?)(\d{1,18})$", re.DOTALL)
+# ASCII digits to the very end, as the store's SQL split reads them: Python's \d also takes "١٢٣"
+# and "１２３", and $ a final newline, which made the Python ranges disagree with the store's.
+_TAIL = re.compile(r"(.*?)([0-9]{1,18})\Z", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,3 +79,15 @@ def test_a_scope_is_refused_when_its_names_outgrow_a_query() -> None:
     with pytest.raises(ValidationError, match="scope too large"):
         Scope(supplier_lots=quoted)
     assert Scope(supplier_lots=quoted[:2016]).list_bytes() == 249_984  # within the limit
+
+
+def test_an_instant_with_a_fraction_of_a_second_rounds_up_at_both_ends() -> None:
+    # Stored times are whole seconds. Cut down, "to 10:00:00.5" left out a unit made at 10:00:00,
+    # and two instants within one second were refused as an inverted range.
+    scope = Scope(models=["M"], produced_from="2024-03-01T09:59:59.5Z", produced_to="2024-03-01T10:00:00.5Z")
+    assert scope.bounds("produced_from", "produced_to") == (epoch(2024, 3, 1, 10), epoch(2024, 3, 1, 10) + 1)
+    narrow = Scope(models=["M"], shipped_from="2024-03-01T10:00:00.2Z", shipped_to="2024-03-01T10:00:00.7Z")
+    lo, hi = narrow.bounds("shipped_from", "shipped_to")
+    assert lo == hi  # no whole second inside: an empty range, not an error
+    with pytest.raises(ValidationError, match="shipped_from is after shipped_to"):
+        Scope(models=["M"], shipped_from="2024-03-01T10:00:00.7Z", shipped_to="2024-03-01T10:00:00.2Z")

@@ -60,6 +60,10 @@ def test_single_unit_and_duplicates_and_empty() -> None:
         ("AB12CD7", ("AB12CD", 7, 1)),
         ("X" + "9" * 25, ("X" + "9" * 7, 10**18 - 1, 18)),
         ("", ("", 0, 0)),
+        # Only ASCII digits, up to the very end, as the store's SQL split reads them.
+        ("SN-\u0661\u0662\u0663", ("SN-\u0661\u0662\u0663", 0, 0)),
+        ("FW-\uff11\uff12\uff13", ("FW-\uff11\uff12\uff13", 0, 0)),
+        ("A-12\n", ("A-12\n", 0, 0)),
     ],
 )
 def test_split_serial(serial: str, parts: tuple[str, int, int]) -> None:
@@ -67,6 +71,15 @@ def test_split_serial(serial: str, parts: tuple[str, int, int]) -> None:
     assert (got.prefix, got.seq, got.width) == parts
     if got.width:
         assert format_serial(got.prefix, got.seq, got.width) == serial
+
+
+def test_serials_with_other_digits_are_opaque_and_no_range_names_a_serial_that_is_not_there() -> None:
+    # "١٢٣" (Arabic-Indic digits) read as 123 merged with "SN-123", and "１２３" (full-width) was
+    # printed back as "FW-123": two units counted as one range of three, one serial invented.
+    serials = ["SN-123", "SN-\u0661\u0662\u0663", "FW-\uff11\uff12\uff13"]
+    ranges = compress_serials(serials)
+    assert sum(r.count for r in ranges) == 3
+    assert {r.first for r in ranges} | {r.last for r in ranges} == set(serials)
 
 
 def test_compression_round_trips_random_sets() -> None:
