@@ -38,7 +38,10 @@ def simulated_events(n: int, seed: int = 3):
 
     # More models and larger batches give a firehose with the demo's shape.
     models = tuple(f"M{i:02d}" for i in range(12))
-    sim = Simulator(SimulationConfig(seed=seed, days=100_000, models=models, batch_units=40_000))
+    # Ten years, ending by now: the worker dead-letters events dated after their record was sent,
+    # and from 2025 on, 100k days would pass today after ~1.2 M events. Ten years give ~4.5 M.
+    config = SimulationConfig(seed=seed, days=3650, models=models, batch_units=40_000).ending_by(time.time())
+    sim = Simulator(config)
     out = []
     for _, events in sim.run():
         out.extend(events)
