@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -79,12 +80,15 @@ class Batch:
         return np.searchsorted(self.lines, lines)
 
 
-def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+def read_batches(
+    path: Path, batch_rows: int = BATCH_ROWS, csv_block_bytes: int | None = None
+) -> Iterator[Batch]:
     """Batches of a file with the line number of each row.
 
-    CSV lines count the header as line 1 (a record is one line, even with a quoted value over several);
-    Parquet has no lines, so its "line" is the 1-based row. A CSV line with the wrong number of fields
-    is skipped by the parser and handed on in ``skipped`` to be rejected like any bad row.
+    CSV lines count the header as line 1 (a record is one line, even with a quoted value over several,
+    and a blank line is a line too); Parquet has no lines, so its "line" is the 1-based row. A CSV line
+    with the wrong number of fields is skipped by the parser and handed on in ``skipped`` to be
+    rejected like any bad row. ``csv_block_bytes`` (default CSV_BLOCK_BYTES) is the size of a CSV batch.
     """
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -95,12 +99,12 @@ def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
             yield Batch(batch, line)
             line += batch.num_rows
     elif suffix == ".csv":
-        yield from _read_csv(path)
+        yield from _read_csv(path, csv_block_bytes or CSV_BLOCK_BYTES)
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (expected .csv or .parquet)")
 
 
-def _read_csv(path: Path) -> Iterator[Batch]:
+def _read_csv(path: Path, block_bytes: int) -> Iterator[Batch]:
     with path.open("rb") as f:
         header = f.readline().decode("utf-8-sig")
     if not header.strip():
@@ -120,15 +124,24 @@ def _read_csv(path: Path) -> Iterator[Batch]:
     reader = pacsv.open_csv(
         path,
         # Serial parsing: the only way the parser knows a skipped line's number (no slower here).
-        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+        read_options=pacsv.ReadOptions(block_size=block_bytes, use_threads=False),
+        parse_options=pacsv.ParseOptions(
+            invalid_row_handler=skip,
+            # Without it the reader cuts blocks at any newline, also one inside a quoted value: a
+            # record that straddles a block boundary becomes two bad lines and the numbers after
+            # it shift. With it, blocks end only between records.
+            newlines_in_values=True,
+            # Blank lines are kept as rows (every cell empty) so that the parser's record numbers,
+            # and so our line numbers, are the file's lines; they are dropped below, after numbering.
+            ignore_empty_lines=False,
+        ),
         convert_options=pacsv.ConvertOptions(
             column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
         ),
     )
-    good = reported = 0  # rows yielded so far, skipped lines handed on so far
+    good = reported = 0  # rows parsed so far (blank ones too), skipped lines handed on so far
     for batch in reader:
-        first_line, lines, seen = 2 + good, None, len(skipped)
+        first_line, lines, seen, parsed = 2 + good, None, len(skipped), batch.num_rows
         if seen:
             # Row k is the (good + k)-th good line, moved down by the skipped lines before it;
             # numbered as if no line were skipped, skipped line i (0-based, in order) is at s_i - i.
@@ -136,10 +149,31 @@ def _read_csv(path: Path) -> Iterator[Batch]:
             at = first_line + np.arange(batch.num_rows, dtype=np.int64)
             lines = at + np.searchsorted(numbers - np.arange(seen), at, side="right")
             first_line = int(lines[0]) if len(lines) else first_line
+        blank = _blank_rows(batch)
+        if blank is not None:
+            # A blank line (or one whose every cell is empty) carries nothing to load or to lose: it
+            # is skipped without a reject, as Arrow would by default, but it has kept its line number.
+            if lines is None:
+                lines = first_line + np.arange(batch.num_rows, dtype=np.int64)
+            keep = ~blank
+            batch, lines = batch.filter(pa.array(keep)), lines[keep]
+            first_line = int(lines[0]) if len(lines) else first_line
         yield Batch(batch, first_line, lines, skipped[reported:seen])
-        good, reported = good + batch.num_rows, seen
+        good, reported = good + parsed, seen  # blank rows included: the parser counted them
     if len(skipped) > reported:  # bad lines after the last row
         yield Batch(reader.schema.empty_table(), 2 + good, np.zeros(0, np.int64), skipped[reported:])
+
+
+def _blank_rows(batch: pa.RecordBatch) -> np.ndarray | None:
+    """Rows whose every cell is empty (blank lines), or None when there are none. The serial is
+    checked first: on the files that matter it is never empty, so this costs one pass over it."""
+    blank: pa.Array | None = None
+    for column in batch.columns:
+        empty = pc.equal(pc.binary_length(column), 0)
+        blank = empty if blank is None else pc.and_(blank, empty)
+        if not pc.any(blank).as_py():
+            return None
+    return None if blank is None else blank.to_numpy(zero_copy_only=False)
 
 
 def import_files(
@@ -149,21 +183,28 @@ def import_files(
 
     started = time.perf_counter()
     reports = []
-    for path in paths:
+    for i, path in enumerate(paths):
         report = FileReport(str(path))
         reports.append(report)
-        total = pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet" else None
-        bar = tqdm(total=total, unit=" units", desc=path.name, disable=not progress, file=sys.stderr)
+        # Versions are ``now << 32 | line``: with one ``now`` for all files, a unit in two files would
+        # keep the row with the higher line, not the later file's. Each file gets a later second, so
+        # the files of one command apply in command-line order.
+        file_now = now + i
+        bar = tqdm(total=None, unit=" units", desc=path.name, disable=not progress, file=sys.stderr)
         try:
+            if path.suffix.lower() == ".parquet":
+                # Inside the try: a file that is not Parquet fails here, and must fail alone.
+                bar.total = pq.ParquetFile(path).metadata.num_rows
+                bar.refresh()
             for batch, checked in _checked_ahead(read_batches(path)):
-                merged = registry.merge(checked.rows, source=str(path), now=now)
+                merged = registry.merge(checked.rows, source=str(path), now=file_now)
                 skipped = [(line, reason) for line, reason, _ in batch.skipped]
                 rejects = sorted(checked.rejects + merged.rejects + skipped)
                 report.loaded += merged.loaded
                 report.rejected += len(rejects)
                 report.rejects.extend(rejects[: max(0, 20 - len(report.rejects))])
                 if rejects:
-                    _keep_rejects(registry, path, batch, rejects, now)
+                    _keep_rejects(registry, path, batch, rejects, file_now)
                 bar.update(batch.rows.num_rows)
         except (OSError, ValueError, pa.ArrowException) as exc:
             report.error = str(exc)

@@ -70,8 +70,19 @@ def validate_batch(
         messages.append(message)
         failed_check[bad.to_numpy(zero_copy_only=False) & (failed_check == 0)] = len(messages)
 
+    def text(name: str) -> pa.Array:
+        column = batch.column(name)
+        if pa.types.is_floating(column.type):
+            # pandas makes an int column with a null float64: its values are whole numbers, to be
+            # written as such (678901234567, not 6.78901234567e+11); any other value would be a
+            # guess at what the export meant, so its row is refused.
+            whole, bad = _whole_numbers(column)
+            fail(bad, f"{name} is not a whole number (a floating-point column)")
+            return whole
+        return _text(column)
+
     out: dict[str, pa.Array] = {}
-    serial = _text(batch.column("serial"))
+    serial = text("serial")
     serial_offsets, _ = _raw(serial)
     if serial_offsets is None or len(serial_offsets) < 2 or int(np.diff(serial_offsets).min()) == 0:
         fail(pc.equal(pc.binary_length(serial), 0), "serial is empty")
@@ -82,13 +93,13 @@ def validate_batch(
     for name in present:
         if name in ("serial", "supplier_lots", "contact_consent") or name in TIME_FIELDS:
             continue
-        text = _text(batch.column(name))
-        fail(_too_long(text), f"{name} is longer than {MAX_TEXT} characters")
+        values = text(name)
+        fail(_too_long(values), f"{name} is longer than {MAX_TEXT} characters")
         if name in IDENTITY_FIELDS:
             # Model and batch key the cells and the topic (``model|batch``): keep them printable.
-            fail(_control(text), f"{name} contains control characters")
-            fail(_pipe(text), f"{name} contains '|'")
-        out[name] = text
+            fail(_control(values), f"{name} contains control characters")
+            fail(_pipe(values), f"{name} contains '|'")
+        out[name] = values
     if "customer_phone" in out:
         phone = out["customer_phone"]
         fail(
@@ -104,7 +115,13 @@ def validate_batch(
 
     for name in TIME_FIELDS:
         if name in present:
-            epoch, bad, out_of_range = _epochs(batch.column(name))
+            column = batch.column(name)
+            if isinstance(column, pa.ChunkedArray):
+                column = column.combine_chunks()
+            if pa.types.is_timestamp(column.type) and column.type.tz is None:
+                # A Parquet time without a zone is refused rather than read as UTC, as in a CSV.
+                fail(pc.is_valid(column), f"{name} is a timestamp without a timezone (refused, not guessed)")
+            epoch, bad, out_of_range = _epochs(column)
             fail(bad, f"{name} is not a date (YYYY-MM-DD, or ISO 8601 with a timezone)")
             fail(out_of_range, f"{name} is outside 1990..2100")
             out[name] = epoch
@@ -114,11 +131,11 @@ def validate_batch(
         fail(_before(out["sold_at"], out["shipped_at"]), "sold_at is before shipped_at")
 
     if "contact_consent" in present:
-        consent = pc.utf8_lower(pc.utf8_trim_whitespace(_text(batch.column("contact_consent"))))
+        consent = pc.utf8_lower(pc.utf8_trim_whitespace(text("contact_consent")))
         fail(pc.invert(pc.is_in(consent, pa.array(_TRUE + _FALSE))), "contact_consent must be true or false")
         out["contact_consent"] = pc.cast(pc.is_in(consent, pa.array(_TRUE)), pa.uint8())
     if "supplier_lots" in present:
-        components, lots, bad_lots = _lots(_text(batch.column("supplier_lots")))
+        components, lots, bad_lots = _lots(text("supplier_lots"))
         fail(bad_lots, "supplier_lots must be component=lot pairs separated by ';'")
         out["lot_components"], out["lot_ids"] = components, lots
 
@@ -188,6 +205,23 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         column = pc.cast(column, pa.string())
     return pc.fill_null(column, "") if column.null_count else column
+
+
+def _whole_numbers(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
+    """A floating-point column as text of whole numbers (nulls become ""), and the rows that are not
+    one: a fraction, NaN, an infinity, or beyond 2**53 (2**24 for float32, 2**11 for float16), where
+    a float no longer holds every integer and the export's number may already have been rounded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    exact = 2.0 ** {16: 11, 32: 24}.get(column.type.bit_width, 53)
+    values = pc.cast(column, pa.float64())
+    present = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    x = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(x) & (np.abs(x) <= exact) & (np.floor(x) == x)
+    bad = present & ~whole
+    ints = pa.array(np.where(whole, x, 0).astype(np.int64), mask=~(present & whole))
+    return pc.fill_null(pc.cast(ints, pa.string()), ""), pa.array(bad)
 
 
 def _epochs(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:

@@ -183,3 +183,100 @@ def test_lines_stay_right_across_csv_blocks(
         (60, "expected 7 fields, found 2")
     ]
     assert batches > 5 or block_bytes > 1000
+
+
+def test_files_of_one_command_apply_in_command_line_order(registry: RegistryStore, tmp_path: Path) -> None:
+    # One ``now`` per command and versions of ``now << 32 | line`` let U-9 of line 10 in the first
+    # file beat its fix on line 2 of the second: each later file must win, whatever its lines.
+    jan = tmp_path / "erp_jan.csv"
+    jan.write_text("serial,model,batch,store\n" + "".join(f"U-{i},M,B,S-JAN\n" for i in range(1, 10)))
+    fix = tmp_path / "erp_fix.csv"
+    fix.write_text("serial,store\nU-9,S-FIXED\n")
+    report = import_files([jan, fix], registry, now=NOW, progress=False)
+    assert (report.loaded, report.rejected) == (10, 0)
+    stores = {u["serial"]: u["store"] for u in registry.store.query("SELECT serial, store FROM units FINAL")}
+    assert stores["U-9"] == "S-FIXED" and stores["U-8"] == "S-JAN"
+    # And in the other order the January file, now the later one, wins again.
+    import_files([fix, jan], registry, now=NOW + 60, progress=False)
+    stores = {u["serial"]: u["store"] for u in registry.store.query("SELECT serial, store FROM units FINAL")}
+    assert stores["U-9"] == "S-JAN"
+
+
+def test_a_parquet_file_that_is_not_parquet_is_reported_and_the_next_file_loads(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    not_parquet = tmp_path / "export.parquet"
+    not_parquet.write_text("serial,model,batch\nA-1,M,B\n")
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"serial": ["A-1"], "model": ["M"], "batch": ["B"]}), whole)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(whole.read_bytes()[:-20])
+    good = tmp_path / "good.csv"
+    good.write_text("serial,model,batch\nA-2,M,B\n")
+    report = import_files([not_parquet, empty, truncated, good], registry, now=NOW, progress=False)
+    assert [bool(f.error) for f in report.files] == [True, True, True, False]
+    assert "not a parquet file" in report.files[0].error
+    assert report.loaded == 1
+
+    done = run_import(tmp_path, str(not_parquet), str(good), "--json", "--quiet")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{not_parquet}: not imported: " in done.stderr
+    assert [f["loaded"] for f in json.loads(done.stdout)["files"]] == [0, 1]
+
+
+@pytest.mark.parametrize("block_bytes", [64, 100, 256])
+def test_quoted_newlines_across_csv_block_boundaries(block_bytes: int, tmp_path: Path) -> None:
+    # Every third record has a value over two lines; with small blocks many of them straddle a block
+    # boundary. Each must stay one record, and the lines after it keep their numbers.
+    rows = [
+        f'S-{i},M,B,"L{i}\nsecond",P,2024-01-01,' if i % 3 == 0 else f"S-{i},M,B,L{i},P,2024-01-01,"
+        for i in range(2, 80)
+    ]
+    path = tmp_path / "multi.csv"
+    path.write_text(MES_HEADER + "\n".join(rows) + "\n")
+    got, skipped = [], []
+    for batch in read_batches(path, csv_block_bytes=block_bytes):
+        checked = validate_batch(batch.rows, batch.first_line, batch.lines)
+        assert checked.rejects == []
+        got += zip(
+            checked.rows.column("source_line").to_pylist(),
+            checked.rows.column("serial").to_pylist(),
+            checked.rows.column("line").to_pylist(),
+            strict=True,
+        )
+        skipped += batch.skipped
+    assert skipped == []
+    assert got == [(i, f"S-{i}", f"L{i}\nsecond" if i % 3 == 0 else f"L{i}") for i in range(2, 80)]
+
+
+@pytest.mark.parametrize("block_bytes", [40, 64 << 20])
+def test_blank_csv_lines_count_as_lines(
+    block_bytes: int, registry: RegistryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reported lines must be the file's lines: an editor's "go to line" must land on the bad row.
+    monkeypatch.setattr("recallwatch.registry_import.CSV_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "blank.csv"
+    path.write_text(
+        "serial,model,batch,produced_at\n"  # 1
+        "\n\n"  # 2, 3: blank
+        "A-1,M,B,2024-01-01\n"  # 4
+        "A-2,M\n"  # 5: 2 fields
+        ",,,\n"  # 6: every cell empty, like a blank line
+        "\n"  # 7
+        "A-3,M,B,2024-13-01\n"  # 8: bad date
+        "A-4,M,B,2024-01-02\n"  # 9
+        "\n\n"  # 10, 11: blank lines at the end
+    )
+    report = import_files([path], registry, now=NOW, progress=False)
+    assert report.files[0].error == ""
+    assert (report.loaded, report.rejected) == (2, 2)
+    assert report.files[0].rejects == [
+        (5, "expected 4 fields, found 2"),
+        (8, "produced_at is not a date (YYYY-MM-DD, or ISO 8601 with a timezone)"),
+    ]
+    lines = registry.store.query(
+        "SELECT serial, version % 4294967296 AS line FROM units FINAL ORDER BY serial"
+    )
+    assert [(u["serial"], u["line"]) for u in lines] == [("A-1", 4), ("A-4", 9)]

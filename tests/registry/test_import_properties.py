@@ -187,7 +187,14 @@ def test_times_are_read_as_documented(texts: list[str], name: str) -> None:
 
 
 PARQUET_TIME = st.sampled_from(
-    [pa.timestamp("s"), pa.timestamp("ms"), pa.timestamp("us", tz="UTC"), pa.timestamp("ns", tz="+02:00")]
+    [
+        pa.timestamp("s", tz="UTC"),
+        pa.timestamp("ms", tz="Europe/Berlin"),
+        pa.timestamp("us", tz="UTC"),
+        pa.timestamp("ns", tz="+02:00"),
+        pa.timestamp("s"),  # no zone: every non-null value is refused
+        pa.timestamp("ns"),
+    ]
 )
 
 
@@ -209,6 +216,8 @@ def test_parquet_times_of_any_unit_are_read_to_the_second(
     for i, v in enumerate(values):
         if v is None:
             assert accepted[i] == 0
+        elif unit.tz is None:
+            assert (i, f"{name} is a timestamp without a timezone (refused, not guessed)") in result.rejects
         elif MIN_EPOCH <= v < MAX_EPOCH:
             assert accepted[i] == v
         else:

@@ -95,7 +95,10 @@ def test_first_failing_rule_is_the_one_reported() -> None:
 
 def test_parquet_timestamps_and_nulls() -> None:
     table = pa.table(
-        {"serial": ["SN-1", None], "produced_at": pa.array([1_714_521_600, None], pa.timestamp("s"))}
+        {
+            "serial": ["SN-1", None],
+            "produced_at": pa.array([1_714_521_600, None], pa.timestamp("s", tz="UTC")),
+        }
     )
     result = validate_batch(table, first_line=1)
     assert result.rows.to_pylist()[0]["produced_at"] == 1_714_521_600
@@ -122,3 +125,46 @@ def test_byte_level_prechecks_see_only_the_batch_and_every_form() -> None:
     # Dates, times and blanks mixed in one column still take the general path.
     rows, rejects = check(serial=["a", "b", "c"], produced_at=["2024-01-02", "2024-01-02T03:00:00Z", ""])
     assert rejects == [] and [r["produced_at"] for r in rows] == [1704153600, 1704164400, 0]
+
+
+def test_float_columns_hold_whole_numbers_written_as_integers() -> None:
+    # pandas turns an int column with a null into float64: 678901234567 must not be stored as
+    # '6.78901234567e+11', and a value that is not a whole number is refused, naming its column.
+    table = pa.table(
+        {
+            "serial": pa.array([1.0, 2.5, 3.0, 4.0, 5.0, 6.0], pa.float64()),
+            "model": ["M"] * 6,
+            "customer_id": pa.array([678901234567.0, 1.0, None, float("nan"), float("inf"), 2.0**60]),
+            "customer_phone": pa.array([None, None, 16_777_216.0, None, None, None], pa.float32()),
+        }
+    )
+    result = validate_batch(table, first_line=2)
+    assert result.rejects == [
+        (3, "serial is not a whole number (a floating-point column)"),
+        (5, "customer_id is not a whole number (a floating-point column)"),  # NaN
+        (6, "customer_id is not a whole number (a floating-point column)"),  # infinity
+        (7, "customer_id is not a whole number (a floating-point column)"),  # past 2**53: maybe rounded
+    ]
+    # In float32 4712345678 is past 2**24 and was already rounded (to 4712345600): refused too.
+    phone = pa.table({"serial": ["S-1"], "customer_phone": pa.array([4712345678.0], pa.float32())})
+    assert validate_batch(phone, first_line=2).rejects == [
+        (2, "customer_phone is not a whole number (a floating-point column)")
+    ]
+    rows = result.rows.to_pylist()
+    assert [(r["serial"], r["customer_id"]) for r in rows] == [("1", "678901234567"), ("3", "")]
+    assert rows[1]["customer_phone"] == "16777216"  # 2**24: float32 still holds every integer up to here
+
+
+def test_parquet_timestamps_without_a_timezone_are_refused() -> None:
+    # As in a CSV, a time without a zone is refused rather than guessed to be UTC; a date is a day.
+    table = pa.table(
+        {
+            "serial": ["SN-1", "SN-2"],
+            "produced_at": pa.array([1_714_521_600_000, None], pa.timestamp("ms")),
+            "shipped_at": pa.array([19_845, 19_846], pa.date32()),
+        }
+    )
+    result = validate_batch(table, first_line=2)
+    assert result.rejects == [(2, "produced_at is a timestamp without a timezone (refused, not guessed)")]
+    assert result.rows.to_pylist()[0]["produced_at"] == 0  # a null is an empty cell, not a guess
+    assert result.rows.to_pylist()[0]["shipped_at"] == 19_846 * 86_400
