@@ -8,7 +8,7 @@ no Map type, right-hand join columns renamed (``o_*``) instead of table-qualifie
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,11 @@ _STAGING_TYPES = {
 }
 # Column a version's low 32 bits carry: later lines of one import win over earlier ones.
 _VERSION_SHIFT = 1 << 32
+# Literals per query that renders a caller's list: ClickHouse refuses a query text over its
+# max_query_size (256 KiB by default) with an error that never changes, so one query of a whole
+# batch's serials (2,000 of up to 128 characters, twice that once escaped) could never succeed and a
+# caller retrying it would stall for good. Bounded by bytes, not by count, because serials vary in length.
+MAX_LITERAL_BYTES = 100_000
 
 
 NEEDS_IDENTITY = "unknown serial: a new unit needs model and batch"
@@ -70,7 +75,9 @@ class RegistryStore:
 
         Columns the file has replace the stored values; columns it lacks keep them, so an ERP, an MES
         and a CRM export can each be imported on their own. Empty model/batch keep the stored value,
-        and a serial the registry has never seen needs both (else the row is rejected).
+        and a serial the registry has never seen needs both (else the row is rejected). A serial's
+        rows are folded first (:func:`_fold_repeats`): the result is the rows' one at a time, in line
+        order, however the rows were split into calls.
         """
         if rows.num_rows == 0:
             return MergeResult(0, [])
@@ -79,8 +86,20 @@ class RegistryStore:
             "SELECT count() AS n FROM units WHERE serial >= {lo} AND serial <= {hi}",
             {"lo": span["min"], "hi": span["max"]},
         )
-        if int(stored[0]["n"]) == 0:
-            return self._insert_new(rows, source, now)
+        any_stored = int(stored[0]["n"]) > 0
+        rows, early, lines = _fold_repeats(rows, self._stored_serials if any_stored else lambda s: set())
+        if rows.num_rows == 0:
+            return MergeResult(0, early)
+        if not any_stored:
+            result = self._insert_new(rows, source, now)
+        else:
+            result = self._merge_staged(rows, source, now)
+        return _unfold(result, early, lines)
+
+    def _stored_serials(self, serials: Sequence[str]) -> set[str]:
+        return set(self.units_by_serial(serials))
+
+    def _merge_staged(self, rows: pa.Table, source: str, now: int) -> MergeResult:
         staging = f"units_staging_{uuid.uuid4().hex[:12]}"
         cols = rows.schema.names
         ddl = ", ".join(f"`{c}` {_STAGING_TYPES.get(c, 'String')}" for c in cols)
@@ -150,14 +169,16 @@ class RegistryStore:
     # --- reading -----------------------------------------------------------------------------------
 
     def units_by_serial(self, serials: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not serials:
-            return {}
-        rows = self.store.query(
-            f"SELECT serial, {', '.join((*SERIAL_PARTS, *STORED_FIELDS))} FROM units FINAL"
-            " WHERE has({serials}, serial)",
-            {"serials": list(serials)},
-        )
-        return {r["serial"]: r for r in rows}
+        """The stored units of any number of serials, read in queries of bounded size."""
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in literal_chunks(serials):
+            rows = self.store.query(
+                f"SELECT serial, {', '.join((*SERIAL_PARTS, *STORED_FIELDS))} FROM units FINAL"
+                " WHERE has({serials}, serial)",
+                {"serials": chunk},
+            )
+            out.update((r["serial"], r) for r in rows)
+        return out
 
     def unit(self, serial: str) -> dict[str, Any] | None:
         rows = self.store.query(
@@ -272,6 +293,85 @@ class RegistryStore:
         """
         rows = self.field_population((model, batch))
         return (int(rows[0]["at"]), int(rows[0]["units"])) if rows else (0, 0)
+
+
+def literal_chunks(values: Sequence[str], limit: int = MAX_LITERAL_BYTES) -> Iterator[list[str]]:
+    """``values`` in runs whose rendered literals (escaped, quoted, with a separator) stay within
+    ``limit`` bytes; a single longer value still gets a run of its own."""
+    chunk: list[str] = []
+    size = 0
+    for value in values:
+        cost = len(sql_literal(value).encode()) + 2
+        if chunk and size + cost > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _fold_repeats(
+    rows: pa.Table, stored: Callable[[Sequence[str]], set[str]]
+) -> tuple[pa.Table, list[tuple[int, str]], dict[int, list[int]]]:
+    """One row per serial, giving the same unit as the serial's rows applied one at a time in line order.
+
+    Merging joins every row to the unit as stored before the batch, so two rows of one serial would
+    each be merged on their own: a later row's empty model/batch would keep the *stored* value (undoing
+    the earlier row's move) or be refused as an unknown serial although the earlier row created it, and
+    the answer would hang on where a batch happens to split. Folded: a later row's columns replace the
+    earlier ones, except an empty model/batch, which keeps the earlier row's value.
+
+    A serial not stored yet takes only the rows from its first one naming both model and batch (the
+    ones before it are refused, as they would be one at a time); ``stored`` is asked only for serials
+    whose first row lacks either. Returns the folded rows, the rows refused here, and for each folded
+    row's line (its last) the lines it stands for.
+    """
+    serials = rows.column("serial")
+    if pc.count_distinct(serials).as_py() == rows.num_rows:
+        return rows, [], {}
+    counts = pc.value_counts(serials).to_pylist()
+    repeated = pa.array([c["values"] for c in counts if c["counts"] > 1], type=serials.type)
+    mask = pc.is_in(serials, value_set=repeated)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows.filter(mask).to_pylist(), key=lambda r: r["source_line"]):
+        groups.setdefault(row["serial"], []).append(row)
+
+    def complete(row: dict[str, Any]) -> bool:
+        return all(row.get(c) for c in IDENTITY)
+
+    unsure = [s for s, group in groups.items() if not complete(group[0])]
+    known = stored(unsure) if unsure else set()
+    early: list[tuple[int, str]] = []
+    lines: dict[int, list[int]] = {}
+    folded: list[dict[str, Any]] = []
+    for serial, group in groups.items():
+        if serial in unsure and serial not in known:
+            first = next((i for i, row in enumerate(group) if complete(row)), len(group))
+            early += [(int(row["source_line"]), NEEDS_IDENTITY) for row in group[:first]]
+            group = group[first:]
+            if not group:
+                continue
+        out = dict(group[0])
+        for row in group[1:]:
+            for col, value in row.items():
+                if col not in IDENTITY or value:
+                    out[col] = value
+        lines[int(out["source_line"])] = [int(row["source_line"]) for row in group]
+        folded.append(out)
+    single = rows.filter(pc.invert(mask))
+    return pa.concat_tables([single, pa.Table.from_pylist(folded, schema=rows.schema)]), early, lines
+
+
+def _unfold(result: MergeResult, early: list[tuple[int, str]], lines: dict[int, list[int]]) -> MergeResult:
+    """A merge of folded rows in terms of the rows given: a refused folded row refuses every line it
+    stands for, an accepted one loads them all."""
+    rejects = list(early)
+    for line, reason in result.rejects:
+        rejects += [(each, reason) for each in lines.get(line, [line])]
+    loaded = result.loaded + sum(len(group) - 1 for line, group in lines.items())
+    loaded -= sum(len(lines.get(line, [line])) - 1 for line, _ in result.rejects)
+    return MergeResult(loaded, sorted(rejects))
 
 
 def _merged(col: str, present: set[str]) -> str:

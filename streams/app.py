@@ -17,7 +17,7 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,8 +50,14 @@ from streams.processing import (
     reject_row,
     rows_table,
 )
-from streams.records import encode_event, population_event
-from streams.registry_events import registry_batch
+from streams.records import encode_event
+from streams.registry_events import (
+    Cell,
+    cell_population_event,
+    movable_serials,
+    registry_batch,
+    shipped_cells,
+)
 
 log = logging.getLogger("recallwatch.worker")
 T = TypeVar("T")
@@ -273,9 +279,18 @@ def create_app(
         checked = registry_batch(records)
         by_offset = {r.offset: r for r in records}
         rejects = list(checked.rejects)
-        shipped: set[str] = set()
+        recount: set[str] = set()  # serials whose (current) cells are counted after the batch
+        left: dict[Cell, int] = {}  # cells a shipped unit may have left, with its shipment time
         for run in checked.runs:
             rows = run.rows
+            # Read before the merge: afterwards a moved unit no longer says which cell it left, and
+            # that cell's count would stay too high (the new cell's is counted from ``recount``).
+            movable = movable_serials(rows)
+            if movable:
+                before = await read_units(movable)
+                for cell, at in shipped_cells(before).items():
+                    left[cell] = max(left.get(cell, 0), at)
+                recount.update(s for s, unit in before.items() if shipped_cells({s: unit}))
             merged = await retry_until_done(
                 "registry merge",
                 lambda rows=rows: asyncio.to_thread(
@@ -289,32 +304,59 @@ def create_app(
                 rows.column("serial").to_pylist(), rows.column("source_line").to_pylist(), strict=True
             ):
                 if line in checked.shipment_offsets and line not in refused:
-                    shipped.add(serial)
+                    recount.add(serial)
         sent = [await Sent.of(partial(dead_letter, k.registry_topic, r, why)) for r, why in rejects]
         await insert("rejects", [reject_row(k.registry_topic, r, why, clock()) for r, why in rejects])
         stats.rejected += len(rejects)
-        if shipped:
-            sent += await send_populations(shipped)
+        if recount or left:
+            sent += await send_populations(recount, left)
         # Confirmed before the batch is acked: a committed batch is never read again.
         await retry_until_done("registry messages", lambda: confirm_sent(sent), *retry_s)
 
-    async def send_populations(serials: set[str]) -> list[Sent]:
-        """Each touched cell's units in the field, as an absolute count: replays set, never add."""
-        units = await retry_until_done(
+    async def read_units(serials: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return await retry_until_done(
             "registry read", lambda: asyncio.to_thread(registry.units_by_serial, sorted(serials)), *retry_s
         )
+
+    async def send_populations(serials: set[str], left: dict[Cell, int]) -> list[Sent]:
+        """Each touched cell's units in the field, as an absolute count: replays set, never add.
+
+        ``left`` are cells a shipped unit may have moved out of, with its shipment time: one left
+        with no shipped unit gets a count of 0 dated then (a cell that never had one gets nothing).
+        """
+        cells = {(row["model"], row["batch"]) for row in (await read_units(serials)).values()}
         sent = []
-        for model, batch in sorted({(row["model"], row["batch"]) for row in units.values()}):
+        for model, batch in sorted(cells | left.keys()):
             at, count = await retry_until_done(
                 "registry count",
                 lambda m=model, b=batch: asyncio.to_thread(registry.cell_population, m, b),
                 *retry_s,
             )
-            if count == 0:  # the shipment was taken back: nothing shipped, nothing to count from
+            if count == 0:
+                if (model, batch) not in left:  # a shipment taken back: nothing to count from
+                    continue
+                at = left[(model, batch)]
+            event = cell_population_event(model, batch, at, count, clock())
+            if isinstance(event, str):
+                sent += await refuse_population(model, batch, at, count, event)
                 continue
-            event = population_event(model, batch, at, count, clock())
             key, value = event.cell_key.encode(), encode_event(event)
             sent.append(await Sent.of(partial(events_topic.send, key=key, value=value)))
+        return sent
+
+    async def refuse_population(model: str, batch: str, at: int, count: int, reason: str) -> list[Sent]:
+        """A count no event can carry: to the dead-letter topic and the rejects table, keyed by the
+        cell, time and count (a replay rewrites the same row), never a crash that would loop forever."""
+        log.error("%s", reason)
+        payload = orjson.dumps(
+            {"kind": "population", "model": model, "batch": batch, "at": at, "units": count}
+        )
+        record = RawRecord(-1, -1, clock(), payload)  # no source position: it is the registry's count
+        sent = [await Sent.of(partial(dead_letter, k.events_topic, record, reason))]
+        row = reject_row(k.events_topic, record, reason, clock())
+        row["reject_id"] = f"{k.events_topic}:population:{model}|{batch}:{at}:{count}"
+        await insert("rejects", [row])
+        stats.rejected += 1
         return sent
 
     async def dead_letter(topic: str, record: Any, reason: str) -> Awaitable[Any]:

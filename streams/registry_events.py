@@ -8,9 +8,10 @@ accepted from Kafka and vice versa.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import pyarrow as pa
@@ -19,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from registry.tabular import ValidatedBatch, validate_batch
 from registry.units import CUSTOMER_FIELDS, PRODUCTION_FIELDS, SHIPMENT_FIELDS, format_lots
 from streams.processing import RawRecord
+from streams.records import Event, population_event
+
+Cell = tuple[str, str]
 
 # What each kind may set, and which time field its occurred_at fills.
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
@@ -150,3 +154,43 @@ def registry_batch(records: list[RawRecord]) -> RegistryBatch:
             out.shipment_offsets.add(record.offset)
     close_run()
     return out
+
+
+def movable_serials(rows: pa.Table) -> list[str]:
+    """The serials of a run that names a model or a batch: merging it may move a unit to another
+    (model, batch), so a shipped one leaves its old cell's count and joins the new one's."""
+    if "model" not in rows.schema.names and "batch" not in rows.schema.names:
+        return []
+    return sorted(set(rows.column("serial").to_pylist()))
+
+
+def shipped_cells(units: Mapping[str, Mapping[str, Any]]) -> dict[Cell, int]:
+    """The cells of the shipped units among ``units`` (as read from the registry), each with the
+    latest shipment among them."""
+    out: dict[Cell, int] = {}
+    for unit in units.values():
+        shipped_at = _seconds(unit["shipped_at"])
+        if shipped_at > 0:
+            cell = (unit["model"], unit["batch"])
+            out[cell] = max(out.get(cell, 0), shipped_at)
+    return out
+
+
+def cell_population_event(model: str, batch: str, at: int, units: int, now: float) -> Event | str:
+    """A cell's population event, or why it cannot be sent (never raises).
+
+    An event carries at most 10,000,000 units. A larger cell is not clamped: a clamped denominator
+    would understate the fleet and inflate its rates into false alarms, silently. Its count is
+    refused instead, with the reason, and the cell keeps its last count until an operator looks.
+    """
+    try:
+        return population_event(model, batch, at, units, now)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        return f"population of {model}|{batch} ({units} units) cannot be sent: {problems}"
+
+
+def _seconds(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp()) if value.tzinfo else int(value.replace(tzinfo=UTC).timestamp())
+    return int(value or 0)

@@ -203,6 +203,37 @@ def test_registry_events_update_units_and_send_population_counts(tmp_path):
             )
             wait_for(lambda: (query(url, tmp_path, b2_sql) or [{"units": 0}])[0]["units"] >= 6)
             assert query(url, tmp_path, b2_sql) == [{"at": 1_736_467_200, "units": 6}]  # 2025-01-10
+
+            # A production event moving shipped units to another cell recounts both cells: KT-0001
+            # leaves B1 for B2, and B3's only shipped unit leaves for B2 too, so B3 is counted 0
+            # (dated at the shipment that left). Only shipments used to trigger a count.
+            def production(i: int, serial: str, batch: str) -> dict:
+                return {"event_id": f"m{i}", "kind": "production", "serial": serial,
+                        "occurred_at": "2025-01-01T00:00:00Z", "model": "KT", "batch": batch}  # fmt: skip
+
+            moves = [
+                production(1, "KT-0031", "B3"),
+                {
+                    "event_id": "s31",
+                    "kind": "shipment",
+                    "serial": "KT-0031",
+                    "occurred_at": "2025-01-10T00:00:00Z",
+                    "region": "EU",
+                },
+                production(2, "KT-0001", "B2"),
+                production(3, "KT-0031", "B2"),
+            ]
+            for event in moves:
+                producer.send("rw.registry", key=event["serial"].encode(), value=orjson.dumps(event))
+                producer.flush()
+            counts_sql = "SELECT batch, units FROM events FINAL WHERE kind = 'population'"
+            wanted_counts = {("B1", 19), ("B2", 8), ("B3", 0)}
+
+            def counts() -> set[tuple[str, int]]:
+                return {(r["batch"], r["units"]) for r in query(url, tmp_path, counts_sql)}
+
+            wait_for(lambda: wanted_counts <= counts())
+            assert wanted_counts <= counts()
             assert worker.poll() is None
         finally:
             producer.close()

@@ -13,8 +13,8 @@ from recallwatch.registry_import import import_files
 from registry.scope import MAX_LIST_BYTES, Scope
 from registry.serials import compress_serials
 from sinks.case_store import CaseStore, ConcernIndex
-from sinks.clickhouse import ClickHouseStore
-from sinks.registry_store import RegistryStore
+from sinks.clickhouse import ClickHouseStore, sql_literal
+from sinks.registry_store import MAX_LITERAL_BYTES, NEEDS_IDENTITY, RegistryStore, literal_chunks
 
 pytestmark = pytest.mark.integration
 NOW = 1_760_000_000
@@ -287,3 +287,57 @@ def test_the_widest_scope_dates_give_the_same_answer_on_both_back_ends(
     assert registry.resolve(widest)["units"] == 26
     instants = Scope(produced_from="1970-01-01T00:00:00Z", produced_to="2106-01-01T00:00:00Z")
     assert registry.resolve(instants)["units"] == 26
+
+
+def test_a_full_batch_of_the_longest_serials_is_read_in_queries_the_engine_accepts(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    """2,000 serials of 128 characters (a default agent batch) in one query exceeded max_query_size
+    with an error that never changes: the registry agent retried it forever and its partition stalled."""
+    long = [f"{'Q' * 120}{i:08d}" for i in range(2000)]
+    long[7] = "'" * 120 + long[7][120:]  # escaped, a quote takes twice the bytes
+    columns = ["serial", "model", "batch"]
+    stored = [[long[7], "L", "L1"], [long[1999], "L", "L1"]]
+    import_files([write_csv(tmp_path / "long.csv", columns, stored)], registry, now=NOW, progress=False)
+    found = registry.units_by_serial(long)
+    assert sorted(found) == sorted([long[7], long[1999]])
+    assert found[long[7]]["batch"] == "L1"
+    chunks = list(literal_chunks(long))
+    assert [s for c in chunks for s in c] == long and len(chunks) > 1
+    assert all(sum(len(sql_literal(s).encode()) + 2 for s in c) <= MAX_LITERAL_BYTES for c in chunks)
+
+
+def test_a_serial_twice_in_one_file_gives_what_its_rows_give_one_at_a_time(
+    registry: RegistryStore, tmp_path: Path
+) -> None:
+    """Each row used to be merged with the unit as stored before the file: the answer depended on
+    where the rows were split into batches, and an empty model/batch undid an earlier move."""
+    columns = ["serial", "model", "batch", "line"]
+    old = [["S-1", "M1", "B1", "L0"]]
+    import_files([write_csv(tmp_path / "old.csv", columns, old)], registry, now=NOW, progress=False)
+    rows = [
+        ["S-1", "M2", "B2", "L1"],  # a stored unit moved ...
+        ["N-1", "M", "B", "L1"],  # a new unit ...
+        ["S-1", "", "", "L2"],  # ... then corrected with model/batch left as they are: still moved
+        ["N-1", "", "", "L2"],  # ... then corrected the same way: known by now, not refused
+        ["N-2", "", "", "L1"],  # unknown and unnamed: refused, as it would be on its own
+        ["N-2", "M", "", "L2"],  # still no batch: refused
+        ["N-2", "M", "B7", "L3"],  # created
+        ["N-2", "", "B8", "L4"],  # moved, keeping its model
+    ]
+    report = import_files(
+        [write_csv(tmp_path / "new.csv", columns, rows)], registry, now=NOW + 60, progress=False
+    )
+    assert [line for line, _ in report.files[0].rejects] == [6, 7]  # lines count the header as 1
+    assert all(reason == NEEDS_IDENTITY for _, reason in report.files[0].rejects)
+    assert (report.loaded, report.rejected) == (6, 2)
+
+    def unit(serial: str) -> tuple[str, str, str]:
+        u = registry.unit(serial)
+        assert u is not None
+        return u["model"], u["batch"], u["line"]
+
+    assert unit("S-1") == ("M2", "B2", "L2")
+    assert unit("N-1") == ("M", "B", "L2")
+    assert unit("N-2") == ("M", "B8", "L4")
+    assert registry.store.query("SELECT count() AS n FROM units FINAL")[0]["n"] == 3
