@@ -327,8 +327,13 @@ def _fold_repeats(
     whose first row lacks either. Returns the folded rows, the rows refused here, and for each folded
     row's line (its last) the lines it stands for.
     """
-    serials = rows.column("serial")
-    if pc.count_distinct(serials).as_py() == rows.num_rows:
+    serials, n = rows.column("serial"), rows.num_rows
+    # Exports usually come sorted by serial, and strictly increasing serials show there is no repeat
+    # in a few milliseconds per million rows; counting distinct values takes ~0.1 s per million on
+    # the core that sets an import's pace, so it is only the fallback.
+    if n < 2 or pc.all(pc.less(serials.slice(0, n - 1), serials.slice(1))).as_py():
+        return rows, [], {}
+    if pc.count_distinct(serials).as_py() == n:
         return rows, [], {}
     counts = pc.value_counts(serials).to_pylist()
     repeated = pa.array([c["values"] for c in counts if c["counts"] > 1], type=serials.type)

@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from recallwatch.registry_import import import_files
@@ -14,7 +15,13 @@ from registry.scope import MAX_LIST_BYTES, Scope
 from registry.serials import compress_serials
 from sinks.case_store import CaseStore, ConcernIndex
 from sinks.clickhouse import ClickHouseStore, sql_literal
-from sinks.registry_store import MAX_LITERAL_BYTES, NEEDS_IDENTITY, RegistryStore, literal_chunks
+from sinks.registry_store import (
+    MAX_LITERAL_BYTES,
+    NEEDS_IDENTITY,
+    RegistryStore,
+    _fold_repeats,
+    literal_chunks,
+)
 
 pytestmark = pytest.mark.integration
 NOW = 1_760_000_000
@@ -341,3 +348,22 @@ def test_a_serial_twice_in_one_file_gives_what_its_rows_give_one_at_a_time(
     assert unit("N-1") == ("M", "B", "L2")
     assert unit("N-2") == ("M", "B8", "L4")
     assert registry.store.query("SELECT count() AS n FROM units FINAL")[0]["n"] == 3
+
+
+def test_a_serial_repeated_in_sorted_rows_is_folded_too() -> None:
+    # Sorted rows take a quicker check for repeats (strictly increasing serials have none): equal
+    # neighbours must still be found and folded.
+    rows = pa.table(
+        {
+            "serial": ["A-1", "A-1", "A-2"],
+            "model": ["M", "", "M"],
+            "batch": ["B", "", "B"],
+            "line": ["L1", "L2", "L1"],
+            "source_line": pa.array([2, 3, 4], pa.int64()),
+        }
+    )
+    folded, early, lines = _fold_repeats(rows, lambda serials: set())
+    assert early == [] and lines == {3: [2, 3]}
+    by_serial = {r["serial"]: r for r in folded.to_pylist()}
+    assert by_serial["A-1"]["model"] == "M" and by_serial["A-1"]["line"] == "L2"
+    assert folded.num_rows == 2
