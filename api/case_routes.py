@@ -28,7 +28,7 @@ from core.alerts import ALL_MODES
 from recallwatch.case_bus import CommandBus
 from registry.scope import Scope
 from sinks.case_store import CaseStore, CommandResult, event_from_row
-from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable
+from sinks.clickhouse import ClickHouseError, ClickHouseUnavailable, literal_chunks
 from sinks.registry_store import RegistryStore
 
 CASE_ID = re.compile(r"^case-[0-9a-f]{20}$")
@@ -40,9 +40,6 @@ _RESERVED_KEY_PREFIXES = ("slack-", "escalate-")
 # ("slack:<user>" stays open: whoever took a case in Slack scores it under that name.)
 SYSTEM_ACTOR = "recallwatch"
 SYSTEM_ONLY = frozenset({"escalate"})  # the worker escalates overdue tasks; nobody asks for it
-# Case ids per query when reading logs: an id is 25 characters, under 30 bytes quoted, so 1,000 make
-# about 30 KB of query text, far below max_query_size (256 KiB) whatever the number of cases.
-LOG_CHUNK = 1000
 _SUMMARY_FIELDS = (
     "case_id", "identity", "title", "state", "decision", "opened_at", "updated_at", "owner",
     "alerts", "muted_alerts", "events", "rank",
@@ -215,8 +212,8 @@ def list_cases(
     last); model and batch filter on the identity of cell cases.
 
     Two queries for a page: the latest state and first event of every case, then the logs of the
-    chosen ones (ordered by rank, every matching case is chosen: its logs are read ``LOG_CHUNK`` cases
-    per query). The identity is matched in Python on the first event's data, because
+    chosen ones (ordered by rank, every matching case is chosen: its logs are read in queries of
+    bounded size). The identity is matched in Python on the first event's data, because
     the stored ``identity`` column joins the parts with "/" and a model name may contain one.
     """
     sql = (
@@ -244,10 +241,9 @@ def list_cases(
     # The ids go into the query text, and ClickHouse refuses a query past max_query_size (256 KiB,
     # which the 18.16 server takes no per-query override of): ordered by rank, every case's id was
     # in one list, a 500 from about 9,000 cases on. Bounded chunks keep each query small.
-    for start in range(0, len(ids), LOG_CHUNK):
+    for chunk in literal_chunks(ids):
         rows = cases.store.query(
-            "SELECT * FROM case_events FINAL WHERE has({ids}, case_id) ORDER BY case_id, seq",
-            {"ids": ids[start : start + LOG_CHUNK]},
+            "SELECT * FROM case_events FINAL WHERE has({ids}, case_id) ORDER BY case_id, seq", {"ids": chunk}
         )
         for r in rows:
             event = event_from_row(r)

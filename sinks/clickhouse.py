@@ -21,7 +21,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,11 +32,13 @@ from uuid import UUID, uuid4
 import orjson
 
 __all__ = [
+    "MAX_LITERAL_BYTES",
     "ChdbStore",
     "ClickHouseError",
     "ClickHouseStore",
     "ClickHouseUnavailable",
     "ServerStore",
+    "literal_chunks",
     "open_store",
     "render_sql",
     "sql_literal",
@@ -92,6 +94,29 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(sql_literal(v) for v in value) + "]"
     raise TypeError(f"cannot use {type(value).__name__} as a ClickHouse query parameter")
+
+
+# Bytes of literals per query that renders a list of any length (a batch's serials, every case id):
+# ClickHouse refuses a query text over its max_query_size (256 KiB by default, and 18.16 takes no
+# per-query override) with an error that never changes, so a caller retrying it would stall for
+# good. Bounded by bytes, not by count, because values vary in length (serials up to 128 characters).
+MAX_LITERAL_BYTES = 100_000
+
+
+def literal_chunks(values: Sequence[str], limit: int = MAX_LITERAL_BYTES) -> Iterator[list[str]]:
+    """``values`` in runs whose rendered literals (escaped, quoted, with a separator) stay within
+    ``limit`` bytes; a single longer value still gets a run of its own."""
+    chunk: list[str] = []
+    size = 0
+    for value in values:
+        cost = len(sql_literal(value).encode()) + 2
+        if chunk and size + cost > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def render_sql(sql: str, params: Mapping[str, Any] | None) -> str:

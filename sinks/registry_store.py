@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from registry.scope import Scope
 from registry.serials import SerialRange, range_of
 from registry.units import CONTACT_FIELDS, TIME_FIELDS
-from sinks.clickhouse import ClickHouseStore, sql_literal
+from sinks.clickhouse import ClickHouseStore, literal_chunks, sql_literal
 
 STORED_FIELDS = (
     "model", "batch", "line", "plant", "produced_at", "lot_components", "lot_ids",
@@ -43,11 +43,6 @@ _STAGING_TYPES = {
 }
 # Column a version's low 32 bits carry: later lines of one import win over earlier ones.
 _VERSION_SHIFT = 1 << 32
-# Literals per query that renders a caller's list: ClickHouse refuses a query text over its
-# max_query_size (256 KiB by default) with an error that never changes, so one query of a whole
-# batch's serials (2,000 of up to 128 characters, twice that once escaped) could never succeed and a
-# caller retrying it would stall for good. Bounded by bytes, not by count, because serials vary in length.
-MAX_LITERAL_BYTES = 100_000
 
 
 NEEDS_IDENTITY = "unknown serial: a new unit needs model and batch"
@@ -293,22 +288,6 @@ class RegistryStore:
         """
         rows = self.field_population((model, batch))
         return (int(rows[0]["at"]), int(rows[0]["units"])) if rows else (0, 0)
-
-
-def literal_chunks(values: Sequence[str], limit: int = MAX_LITERAL_BYTES) -> Iterator[list[str]]:
-    """``values`` in runs whose rendered literals (escaped, quoted, with a separator) stay within
-    ``limit`` bytes; a single longer value still gets a run of its own."""
-    chunk: list[str] = []
-    size = 0
-    for value in values:
-        cost = len(sql_literal(value).encode()) + 2
-        if chunk and size + cost > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(value)
-        size += cost
-    if chunk:
-        yield chunk
 
 
 def _fold_repeats(

@@ -14,14 +14,8 @@ from recallwatch.registry_import import import_files
 from registry.scope import MAX_LIST_BYTES, Scope
 from registry.serials import compress_serials
 from sinks.case_store import CaseStore, ConcernIndex
-from sinks.clickhouse import ClickHouseStore, sql_literal
-from sinks.registry_store import (
-    MAX_LITERAL_BYTES,
-    NEEDS_IDENTITY,
-    RegistryStore,
-    _fold_repeats,
-    literal_chunks,
-)
+from sinks.clickhouse import MAX_LITERAL_BYTES, ClickHouseStore, literal_chunks, sql_literal
+from sinks.registry_store import NEEDS_IDENTITY, RegistryStore, _fold_repeats
 
 pytestmark = pytest.mark.integration
 NOW = 1_760_000_000
